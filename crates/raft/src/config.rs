@@ -14,6 +14,8 @@ pub enum Bug {
     VoteWithoutLogCheck,
     /// Acknowledge appended entries before they are durable.
     AckBeforePersist,
+    /// Answer ReadIndex reads at once, without confirming leadership with a quorum.
+    ReadWithoutQuorum,
 }
 
 /// How one node behaves.
@@ -125,4 +127,5 @@ pub(crate) enum Bug {
     CommitOldTermByCount,
     VoteWithoutLogCheck,
     AckBeforePersist,
+    ReadWithoutQuorum,
 }

@@ -142,7 +142,10 @@ impl fmt::Display for Busy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Busy::UncommittedBytes { bytes, limit } => {
-                write!(f, "busy: {bytes} uncommitted bytes reach the limit of {limit}")
+                write!(
+                    f,
+                    "busy: {bytes} uncommitted bytes reach the limit of {limit}"
+                )
             }
             Busy::Transferring => write!(f, "busy: leadership transfer in progress"),
             Busy::NotReady => write!(f, "busy: the new leader has not committed in its term"),
@@ -157,7 +160,10 @@ impl fmt::Display for ProposeError {
             ProposeError::NotLeader(e) => e.fmt(f),
             ProposeError::Busy(e) => e.fmt(f),
             ProposeError::TooLarge { bytes, limit } => {
-                write!(f, "proposal of {bytes} bytes exceeds the message limit of {limit}")
+                write!(
+                    f,
+                    "proposal of {bytes} bytes exceeds the message limit of {limit}"
+                )
             }
         }
     }
@@ -170,7 +176,11 @@ impl fmt::Display for MembershipError {
             MembershipError::Busy(e) => e.fmt(f),
             MembershipError::AlreadyMember(n) => write!(f, "{n} is already a member"),
             MembershipError::NotMember(n) => write!(f, "{n} is not a member in that role"),
-            MembershipError::NotCaughtUp { node, match_index, last_index } => write!(
+            MembershipError::NotCaughtUp {
+                node,
+                match_index,
+                last_index,
+            } => write!(
                 f,
                 "{node} has not caught up yet (match {match_index}, leader's last {last_index})"
             ),
@@ -203,10 +213,16 @@ impl fmt::Display for SnapshotError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SnapshotError::Stale { index, current } => {
-                write!(f, "snapshot at {index} is not newer than the current one at {current}")
+                write!(
+                    f,
+                    "snapshot at {index} is not newer than the current one at {current}"
+                )
             }
             SnapshotError::NotApplied { index, applied } => {
-                write!(f, "snapshot at {index} is beyond the applied index {applied}")
+                write!(
+                    f,
+                    "snapshot at {index} is beyond the applied index {applied}"
+                )
             }
         }
     }

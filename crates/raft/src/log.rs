@@ -93,7 +93,9 @@ impl RaftLog {
         let mut bytes = 0;
         let mut index = from;
         while index <= to && out.len() < max_count {
-            let Some(entry) = self.entry(index) else { break };
+            let Some(entry) = self.entry(index) else {
+                break;
+            };
             bytes += entry.size_bytes();
             if bytes > max_bytes && !out.is_empty() {
                 break;
@@ -150,7 +152,9 @@ impl RaftLog {
 
     /// The membership in force: the latest one in the log, committed or not.
     pub fn membership(&self) -> &Membership {
-        self.configs.last().map_or(&self.snapshot.membership, |(_, m)| m)
+        self.configs
+            .last()
+            .map_or(&self.snapshot.membership, |(_, m)| m)
     }
 
     /// Index of the latest membership entry (the snapshot's index if none is in the log).
@@ -170,7 +174,8 @@ impl RaftLog {
     /// Whether a log ending at (`last_index`, `last_term`) is at least as up to date as this one
     /// (Raft paper §5.4.1).
     pub fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
-        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
     /// Entries that are committed but not yet handed out for applying, and marks them handed out.
@@ -191,7 +196,12 @@ impl RaftLog {
         if self.unemitted_from > self.last_index() {
             return Vec::new();
         }
-        let out = self.slice(self.unemitted_from, self.last_index(), usize::MAX, usize::MAX);
+        let out = self.slice(
+            self.unemitted_from,
+            self.last_index(),
+            usize::MAX,
+            usize::MAX,
+        );
         self.unemitted_from = self.last_index().next();
         out
     }
@@ -199,7 +209,9 @@ impl RaftLog {
     /// The first index of the term of the entry at `index`, searching back no further than
     /// the first held entry (for the conflict hint).
     pub fn first_index_of_term_at(&self, index: Index) -> Index {
-        let Some(term) = self.term(index) else { return index };
+        let Some(term) = self.term(index) else {
+            return index;
+        };
         let mut first = index;
         while first > self.first_index() && self.term(first.prev()) == Some(term) {
             first = first.prev();
@@ -209,11 +221,19 @@ impl RaftLog {
 
     /// The last index whose entry has term `term`, if any entry of that term is held.
     pub fn last_index_of_term(&self, term: Term) -> Option<Index> {
-        self.entries.iter().rev().find(|e| e.term == term).map(|e| e.index)
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.term == term)
+            .map(|e| e.index)
     }
 
     /// Bytes of the entries after the commit index.
     pub fn uncommitted_bytes(&self) -> usize {
-        self.entries.iter().filter(|e| e.index > self.commit).map(Entry::size_bytes).sum()
+        self.entries
+            .iter()
+            .filter(|e| e.index > self.commit)
+            .map(Entry::size_bytes)
+            .sum()
     }
 }

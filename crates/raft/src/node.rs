@@ -210,7 +210,11 @@ impl RaftNode {
     /// timeouts; give every node a different one.
     pub fn new(config: Config, recovered: Recovered, seed: u64) -> Result<RaftNode, ConfigError> {
         config.validate()?;
-        let Recovered { hard_state, snapshot, entries } = recovered;
+        let Recovered {
+            hard_state,
+            snapshot,
+            entries,
+        } = recovered;
         let log = RaftLog::new(snapshot.meta, entries);
         let mut node = RaftNode {
             rng: SplitMix64::new(seed),
@@ -302,7 +306,11 @@ impl RaftNode {
             return None;
         }
         let term = self.log.term(index)?;
-        Some(SnapshotMeta { index, term, membership: self.log.membership_at(index) })
+        Some(SnapshotMeta {
+            index,
+            term,
+            membership: self.log.membership_at(index),
+        })
     }
 
     /// Everything a status page shows.
@@ -311,7 +319,11 @@ impl RaftNode {
             RoleState::Leader(leader) => leader
                 .progress
                 .iter()
-                .map(|(id, p)| PeerStatus { id: *id, match_index: p.match_index, next_index: p.next_index })
+                .map(|(id, p)| PeerStatus {
+                    id: *id,
+                    match_index: p.match_index,
+                    next_index: p.next_index,
+                })
                 .collect(),
             _ => Vec::new(),
         };
@@ -368,7 +380,10 @@ impl RaftNode {
             return Err(ProposeError::Busy(Busy::Transferring));
         }
         if size > self.config.max_msg_bytes {
-            return Err(ProposeError::TooLarge { bytes: size, limit: self.config.max_msg_bytes });
+            return Err(ProposeError::TooLarge {
+                bytes: size,
+                limit: self.config.max_msg_bytes,
+            });
         }
         let limit = self.config.max_uncommitted_bytes;
         if leader.uncommitted_bytes > 0 && leader.uncommitted_bytes + size > limit {
@@ -378,7 +393,11 @@ impl RaftNode {
         leader.uncommitted_bytes += size;
         leader.broadcast_pending = true;
         let index = self.log.last_index().next();
-        self.log.push(Entry { term: self.term, index, payload: Payload::Command(command) });
+        self.log.push(Entry {
+            term: self.term,
+            index,
+            payload: Payload::Command(command),
+        });
         self.emit_log_writes();
         Ok((self.term, index))
     }
@@ -400,7 +419,10 @@ impl RaftNode {
     }
 
     /// Proposes a membership change (one server at a time).
-    pub fn change_membership(&mut self, change: MembershipChange) -> Result<Index, MembershipError> {
+    pub fn change_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<Index, MembershipError> {
         let leader_hint = self.leader;
         let RoleState::Leader(leader) = &mut self.role else {
             return Err(MembershipError::NotLeader(NotLeader { leader_hint }));
@@ -429,7 +451,11 @@ impl RaftNode {
                 }
                 let match_index = leader.progress.get(&id).map_or(Index(0), |p| p.match_index);
                 if match_index.0 + self.config.promote_lag_entries_max < last_index.0 {
-                    return Err(MembershipError::NotCaughtUp { node: id, match_index, last_index });
+                    return Err(MembershipError::NotCaughtUp {
+                        node: id,
+                        match_index,
+                        last_index,
+                    });
                 }
                 membership.learners.remove(&id);
                 membership.voters.insert(id);
@@ -446,7 +472,11 @@ impl RaftNode {
             }
         }
         let index = last_index.next();
-        let entry = Entry { term: self.term, index, payload: Payload::Membership(membership) };
+        let entry = Entry {
+            term: self.term,
+            index,
+            payload: Payload::Membership(membership),
+        };
         leader.uncommitted_bytes += entry.size_bytes();
         leader.broadcast_pending = true;
         self.log.push(entry);
@@ -472,7 +502,11 @@ impl RaftNode {
         if leader.transfer.is_some() {
             return Err(TransferError::InProgress);
         }
-        leader.transfer = Some(Transfer { target, ticks: 0, timeout_now_sent: false });
+        leader.transfer = Some(Transfer {
+            target,
+            ticks: 0,
+            timeout_now_sent: false,
+        });
         self.maybe_send_timeout_now();
         self.replicate_to(target);
         Ok(())
@@ -500,12 +534,19 @@ impl RaftNode {
             return Err(SnapshotError::Stale { index, current });
         }
         if index > self.log.applied {
-            return Err(SnapshotError::NotApplied { index, applied: self.log.applied });
+            return Err(SnapshotError::NotApplied {
+                index,
+                applied: self.log.applied,
+            });
         }
         let Some(term) = self.log.term(index) else {
             return Err(SnapshotError::Stale { index, current });
         };
-        let meta = SnapshotMeta { index, term, membership: self.log.membership_at(index) };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: self.log.membership_at(index),
+        };
         self.emit_log_writes();
         self.log.compact(meta);
         if self.log.persisted < index {
@@ -523,7 +564,10 @@ impl RaftNode {
         }
         self.installing_snapshot = None;
         if let Some(leader) = self.leader {
-            self.send(leader, MessageBody::InstallSnapshotResponse(SnapshotResult::Done { index }));
+            self.send(
+                leader,
+                MessageBody::InstallSnapshotResponse(SnapshotResult::Done { index }),
+            );
         }
     }
 
@@ -554,10 +598,17 @@ impl RaftNode {
         }
         let from = message.from;
         match message.body {
-            MessageBody::PreVote { last_log_index, last_log_term } => {
+            MessageBody::PreVote {
+                last_log_index,
+                last_log_term,
+            } => {
                 self.handle_pre_vote(from, message.term, last_log_index, last_log_term);
             }
-            MessageBody::Vote { last_log_index, last_log_term, .. } => {
+            MessageBody::Vote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => {
                 self.handle_vote(from, last_log_index, last_log_term);
             }
             MessageBody::PreVoteResponse { granted } => {
@@ -570,7 +621,12 @@ impl RaftNode {
                     self.tally(from, granted);
                 }
             }
-            MessageBody::Append { prev_index, prev_term, entries, commit } => {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
                 if self.accept_leader(from) {
                     self.handle_append(from, prev_index, prev_term, entries, commit);
                 }
@@ -580,7 +636,12 @@ impl RaftNode {
                     self.handle_heartbeat(from, commit, read_round);
                 }
             }
-            MessageBody::InstallSnapshot { meta, offset, data, done } => {
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done,
+            } => {
                 if self.accept_leader(from) {
                     self.handle_snapshot_chunk(from, meta, offset, &data, done);
                 }
@@ -610,7 +671,9 @@ impl RaftNode {
                         Some(index) => Action::ReadReady { id, index },
                         None => Action::ReadFailed {
                             id,
-                            error: ReadError::NotLeader(NotLeader { leader_hint: self.leader }),
+                            error: ReadError::NotLeader(NotLeader {
+                                leader_hint: self.leader,
+                            }),
                         },
                     });
                 }
@@ -634,8 +697,9 @@ impl RaftNode {
 
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
-        self.election_timeout =
-            self.rng.range(self.config.election_ticks, 2 * self.config.election_ticks);
+        self.election_timeout = self
+            .rng
+            .range(self.config.election_ticks, 2 * self.config.election_ticks);
     }
 
     fn tick_follower(&mut self) {
@@ -658,11 +722,18 @@ impl RaftNode {
 
     fn expire_forwarded_reads(&mut self) {
         let now = self.now;
-        let expired: Vec<ReadId> =
-            self.forwarded_reads.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<ReadId> = self
+            .forwarded_reads
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for id in expired {
             self.forwarded_reads.remove(&id);
-            self.output.push(Action::ReadFailed { id, error: ReadError::Timeout });
+            self.output.push(Action::ReadFailed {
+                id,
+                error: ReadError::Timeout,
+            });
         }
     }
 
@@ -678,7 +749,9 @@ impl RaftNode {
         self.fail_leader_state();
         self.leader = None;
         self.fresh_start = false;
-        self.role = RoleState::PreCandidate { votes: BTreeMap::new() };
+        self.role = RoleState::PreCandidate {
+            votes: BTreeMap::new(),
+        };
         self.reset_election_timer();
         let body = MessageBody::PreVote {
             last_log_index: self.log.last_index(),
@@ -696,7 +769,9 @@ impl RaftNode {
         self.verified_index = Index(0);
         self.acked_index = Index(0);
         self.save_hard_state();
-        self.role = RoleState::Candidate { votes: BTreeMap::new() };
+        self.role = RoleState::Candidate {
+            votes: BTreeMap::new(),
+        };
         self.reset_election_timer();
         let body = MessageBody::Vote {
             last_log_index: self.log.last_index(),
@@ -709,10 +784,21 @@ impl RaftNode {
     /// Votes for itself, then asks every other voter.
     fn request_votes(&mut self, term: Term, body: MessageBody) {
         let id = self.config.id;
-        let voters: Vec<NodeId> =
-            self.log.membership().voters.iter().copied().filter(|v| *v != id).collect();
+        let voters: Vec<NodeId> = self
+            .log
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != id)
+            .collect();
         for voter in voters {
-            self.output.push(Action::Send(Message { from: id, to: voter, term, body: body.clone() }));
+            self.output.push(Action::Send(Message {
+                from: id,
+                to: voter,
+                term,
+                body: body.clone(),
+            }));
         }
         self.tally(id, true);
     }
@@ -776,10 +862,16 @@ impl RaftNode {
             MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
                 if self.config.check_quorum || self.config.pre_vote =>
             {
-                self.send(message.from, MessageBody::HeartbeatResponse { read_round: 0 });
+                self.send(
+                    message.from,
+                    MessageBody::HeartbeatResponse { read_round: 0 },
+                );
             }
             MessageBody::PreVote { .. } => {
-                self.send(message.from, MessageBody::PreVoteResponse { granted: false });
+                self.send(
+                    message.from,
+                    MessageBody::PreVoteResponse { granted: false },
+                );
             }
             MessageBody::Vote { .. } => {
                 self.send(message.from, MessageBody::VoteResponse { granted: false });
@@ -814,7 +906,9 @@ impl RaftNode {
             self.acked_index = Index(0);
             self.save_hard_state();
             let hint = leader;
-            let failed: Vec<ReadId> = std::mem::take(&mut self.forwarded_reads).into_keys().collect();
+            let failed: Vec<ReadId> = std::mem::take(&mut self.forwarded_reads)
+                .into_keys()
+                .collect();
             for id in failed {
                 let error = ReadError::NotLeader(NotLeader { leader_hint: hint });
                 self.output.push(Action::ReadFailed { id, error });
@@ -827,7 +921,9 @@ impl RaftNode {
 
     /// Ends leadership: reads waiting on it fail.
     fn fail_leader_state(&mut self) {
-        let RoleState::Leader(leader) = &mut self.role else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
         let origins: Vec<ReadOrigin> = leader
             .pending_reads
             .drain(..)
@@ -844,8 +940,13 @@ impl RaftNode {
     fn become_leader(&mut self) {
         let id = self.config.id;
         let next = self.log.last_index().next();
-        let progress =
-            self.log.membership().members().filter(|m| *m != id).map(|m| (m, Progress::new(next))).collect();
+        let progress = self
+            .log
+            .membership()
+            .members()
+            .filter(|m| *m != id)
+            .map(|m| (m, Progress::new(next)))
+            .collect();
         self.role = RoleState::Leader(Box::new(LeaderState {
             progress,
             committed_in_term: false,
@@ -865,7 +966,11 @@ impl RaftNode {
         self.leader = Some(id);
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
-        self.log.push(Entry { term: self.term, index: next, payload: Payload::Noop });
+        self.log.push(Entry {
+            term: self.term,
+            index: next,
+            payload: Payload::Noop,
+        });
         self.emit_log_writes();
         self.maybe_commit();
     }
@@ -879,7 +984,9 @@ impl RaftNode {
             self.broadcast_heartbeat();
         }
         let election_ticks = self.config.election_ticks;
-        let RoleState::Leader(leader) = &mut self.role else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
         if let Some(transfer) = &mut leader.transfer {
             transfer.ticks += 1;
             if transfer.ticks >= election_ticks {
@@ -888,7 +995,10 @@ impl RaftNode {
         }
         let mut resend = Vec::new();
         for (id, p) in &mut leader.progress {
-            if let ReplicationState::Snapshot { ticks_since_sent, .. } = &mut p.state {
+            if let ReplicationState::Snapshot {
+                ticks_since_sent, ..
+            } = &mut p.state
+            {
                 *ticks_since_sent += 1;
                 if *ticks_since_sent >= election_ticks {
                     resend.push(*id);
@@ -909,7 +1019,9 @@ impl RaftNode {
         let id = self.config.id;
         let membership = self.log.membership();
         let quorum = membership.quorum();
-        let RoleState::Leader(leader) = &mut self.role else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
         leader.check_quorum_ticks = 0;
         let active = membership
             .voters
@@ -928,7 +1040,9 @@ impl RaftNode {
         self.heartbeat_elapsed = 0;
         let now = self.now;
         let commit = self.log.commit;
-        let RoleState::Leader(leader) = &mut self.role else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
         leader.read_round += 1;
         leader.read_round_requested = false;
         let round = leader.read_round;
@@ -941,7 +1055,10 @@ impl RaftNode {
                 from: self.config.id,
                 to: *to,
                 term: self.term,
-                body: MessageBody::Heartbeat { commit: commit.min(p.match_index), read_round: round },
+                body: MessageBody::Heartbeat {
+                    commit: commit.min(p.match_index),
+                    read_round: round,
+                },
             }));
         }
         self.confirm_reads();
@@ -951,7 +1068,9 @@ impl RaftNode {
     /// interval while entries were in flight lost a message: probe it again.
     fn probe_stalled_followers(&mut self) {
         let last = self.log.last_index();
-        let RoleState::Leader(leader) = &mut self.role else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
         for p in leader.progress.values_mut() {
             let stalled = p.state == ReplicationState::Replicate
                 && p.match_index < last
@@ -968,7 +1087,9 @@ impl RaftNode {
     /// commit index to followers that got nothing else.
     fn flush(&mut self) {
         let commit = self.log.commit;
-        let RoleState::Leader(leader) = &mut self.role else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
         let read_round = leader.read_round_requested;
         let broadcast = std::mem::take(&mut leader.broadcast_pending);
         let notify = commit > leader.commit_notified && !read_round;
@@ -991,9 +1112,16 @@ impl RaftNode {
     /// Tells `to` the commit index with a heartbeat of the current read round.
     fn notify_commit(&mut self, to: NodeId) {
         let commit = self.log.commit;
-        let RoleState::Leader(leader) = &self.role else { return };
-        let Some(p) = leader.progress.get(&to) else { return };
-        let body = MessageBody::Heartbeat { commit: commit.min(p.match_index), read_round: leader.read_round };
+        let RoleState::Leader(leader) = &self.role else {
+            return;
+        };
+        let Some(p) = leader.progress.get(&to) else {
+            return;
+        };
+        let body = MessageBody::Heartbeat {
+            commit: commit.min(p.match_index),
+            read_round: leader.read_round,
+        };
         self.send(to, body);
     }
 
@@ -1011,8 +1139,12 @@ impl RaftNode {
 
     /// Sends one Append (or snapshot chunk) to `to`.
     fn send_append(&mut self, to: NodeId) -> SendOutcome {
-        let RoleState::Leader(leader) = &mut self.role else { return SendOutcome::Nothing };
-        let Some(p) = leader.progress.get_mut(&to) else { return SendOutcome::Nothing };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return SendOutcome::Nothing;
+        };
+        let Some(p) = leader.progress.get_mut(&to) else {
+            return SendOutcome::Nothing;
+        };
         if !p.can_send(self.config.max_inflight_msgs) {
             return SendOutcome::Nothing;
         }
@@ -1025,8 +1157,14 @@ impl RaftNode {
         let lag = last.0.saturating_sub(p.match_index.0);
         let steady = self.config.entries_per_msg;
         let catching_up = lag > (steady * self.config.max_inflight_msgs) as u64;
-        let max_count = if catching_up { steady * self.config.catchup_multiplier } else { steady };
-        let entries = self.log.slice(p.next_index, last, max_count, self.config.max_msg_bytes);
+        let max_count = if catching_up {
+            steady * self.config.catchup_multiplier
+        } else {
+            steady
+        };
+        let entries = self
+            .log
+            .slice(p.next_index, last, max_count, self.config.max_msg_bytes);
         let outcome = match p.state {
             ReplicationState::Replicate => {
                 let Some(last_sent) = entries.last().map(|e| e.index) else {
@@ -1034,39 +1172,73 @@ impl RaftNode {
                 };
                 p.next_index = last_sent.next();
                 p.inflight.push_back(last_sent);
-                if p.next_index <= last { SendOutcome::SentMore } else { SendOutcome::SentLast }
+                if p.next_index <= last {
+                    SendOutcome::SentMore
+                } else {
+                    SendOutcome::SentLast
+                }
             }
             _ => {
                 p.state = ReplicationState::Probe { sent: true };
                 SendOutcome::SentLast
             }
         };
-        let body = MessageBody::Append { prev_index, prev_term, entries, commit: self.log.commit };
+        let body = MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit: self.log.commit,
+        };
         self.send(to, body);
         outcome
     }
 
     fn send_snapshot_chunk(&mut self, to: NodeId) {
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let Some(p) = leader.progress.get_mut(&to) else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let Some(p) = leader.progress.get_mut(&to) else {
+            return;
+        };
         let offset = match &p.state {
-            ReplicationState::Snapshot { meta, offset, .. } if *meta == self.log.snapshot => *offset,
+            ReplicationState::Snapshot { meta, offset, .. } if *meta == self.log.snapshot => {
+                *offset
+            }
             _ => 0,
         };
         let len = self.snapshot_data.len() as u64;
         let offset = offset.min(len);
         let end = (offset + self.config.snapshot_chunk_bytes as u64).min(len);
         let meta = self.log.snapshot.clone();
-        p.state = ReplicationState::Snapshot { meta: meta.clone(), offset, ticks_since_sent: 0 };
+        p.state = ReplicationState::Snapshot {
+            meta: meta.clone(),
+            offset,
+            ticks_since_sent: 0,
+        };
         p.inflight.clear();
-        let (start, stop) = (usize::try_from(offset).unwrap_or(0), usize::try_from(end).unwrap_or(0));
+        let (start, stop) = (
+            usize::try_from(offset).unwrap_or(0),
+            usize::try_from(end).unwrap_or(0),
+        );
         let data = self.snapshot_data.slice(start..stop);
-        self.send(to, MessageBody::InstallSnapshot { meta, offset, data, done: end == len });
+        self.send(
+            to,
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done: end == len,
+            },
+        );
     }
 
     fn handle_append_response(&mut self, from: NodeId, result: AppendResult) {
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let Some(p) = leader.progress.get_mut(&from) else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let Some(p) = leader.progress.get_mut(&from) else {
+            return;
+        };
         p.recent_active = true;
         match result {
             AppendResult::Success { match_index } => {
@@ -1075,7 +1247,10 @@ impl RaftNode {
                     self.maybe_send_timeout_now();
                 }
             }
-            AppendResult::Reject { rejected_prev, hint } => {
+            AppendResult::Reject {
+                rejected_prev,
+                hint,
+            } => {
                 let stale = match p.state {
                     ReplicationState::Probe { .. } => rejected_prev != p.next_index.prev(),
                     ReplicationState::Replicate => rejected_prev <= p.match_index,
@@ -1102,8 +1277,12 @@ impl RaftNode {
 
     fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
         let last = self.log.last_index();
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let Some(p) = leader.progress.get_mut(&from) else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let Some(p) = leader.progress.get_mut(&from) else {
+            return;
+        };
         p.recent_active = true;
         p.read_round = p.read_round.max(read_round);
         if p.match_index < last
@@ -1117,12 +1296,19 @@ impl RaftNode {
     }
 
     fn handle_snapshot_response(&mut self, from: NodeId, result: SnapshotResult) {
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let Some(p) = leader.progress.get_mut(&from) else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let Some(p) = leader.progress.get_mut(&from) else {
+            return;
+        };
         p.recent_active = true;
         match result {
             SnapshotResult::Next { offset } => {
-                if let ReplicationState::Snapshot { offset: current, .. } = &mut p.state {
+                if let ReplicationState::Snapshot {
+                    offset: current, ..
+                } = &mut p.state
+                {
                     *current = offset;
                     self.send_snapshot_chunk(from);
                 }
@@ -1140,12 +1326,20 @@ impl RaftNode {
 
     fn maybe_send_timeout_now(&mut self) {
         let last = self.log.last_index();
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let Some(transfer) = &mut leader.transfer else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let Some(transfer) = &mut leader.transfer else {
+            return;
+        };
         if transfer.timeout_now_sent {
             return;
         }
-        if leader.progress.get(&transfer.target).is_some_and(|p| p.match_index == last) {
+        if leader
+            .progress
+            .get(&transfer.target)
+            .is_some_and(|p| p.match_index == last)
+        {
             transfer.timeout_now_sent = true;
             leader.lease_revoked = true;
             let target = transfer.target;
@@ -1163,11 +1357,19 @@ impl RaftNode {
             self.log.persisted
         };
         let membership = self.log.membership();
-        let RoleState::Leader(leader) = &self.role else { return };
+        let RoleState::Leader(leader) = &self.role else {
+            return;
+        };
         let mut matches: Vec<Index> = membership
             .voters
             .iter()
-            .map(|v| if *v == id { own } else { leader.progress.get(v).map_or(Index(0), |p| p.match_index) })
+            .map(|v| {
+                if *v == id {
+                    own
+                } else {
+                    leader.progress.get(v).map_or(Index(0), |p| p.match_index)
+                }
+            })
             .collect();
         if matches.is_empty() {
             return;
@@ -1194,16 +1396,23 @@ impl RaftNode {
             .sum();
         let id = self.config.id;
         let term_committed = self.log.term(commit) == Some(self.term);
-        let removed = self.log.membership_index() <= commit && !self.log.membership().voters.contains(&id);
+        let removed =
+            self.log.membership_index() <= commit && !self.log.membership().voters.contains(&id);
         self.emit_apply();
-        let RoleState::Leader(leader) = &mut self.role else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
         leader.uncommitted_bytes = leader.uncommitted_bytes.saturating_sub(committed_bytes);
         if term_committed && !leader.committed_in_term {
             leader.committed_in_term = true;
             let waiting = std::mem::take(&mut leader.waiting_reads);
             let round = leader.read_round + 1;
             for origin in waiting {
-                leader.pending_reads.push_back(PendingRead { origin, index: commit, round });
+                leader.pending_reads.push_back(PendingRead {
+                    origin,
+                    index: commit,
+                    round,
+                });
                 leader.read_round_requested = true;
             }
         }
@@ -1216,19 +1425,30 @@ impl RaftNode {
         let commit = self.log.commit;
         let now = self.now;
         let id = self.config.id;
-        let only_voter = self.log.membership().voters.len() == 1 && self.log.membership().voters.contains(&id);
+        let only_voter =
+            self.log.membership().voters.len() == 1 && self.log.membership().voters.contains(&id);
         let lease_ok = mode == ReadMode::Lease && self.config.check_quorum;
-        let RoleState::Leader(leader) = &mut self.role else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
         if !leader.committed_in_term {
             leader.waiting_reads.push(origin);
             return;
         }
-        if only_voter || (lease_ok && !leader.lease_revoked && now < leader.lease_until) {
+        let unconfirmed_bug = self.config.has_bug(Bug::ReadWithoutQuorum);
+        if only_voter
+            || unconfirmed_bug
+            || (lease_ok && !leader.lease_revoked && now < leader.lease_until)
+        {
             self.answer_read(origin, Some(commit));
             return;
         }
         let round = leader.read_round + 1;
-        leader.pending_reads.push_back(PendingRead { origin, index: commit, round });
+        leader.pending_reads.push_back(PendingRead {
+            origin,
+            index: commit,
+            round,
+        });
         leader.read_round_requested = true;
     }
 
@@ -1238,11 +1458,19 @@ impl RaftNode {
         let membership = self.log.membership();
         let quorum = membership.quorum();
         let election_ticks = self.config.election_ticks;
-        let RoleState::Leader(leader) = &mut self.role else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
         let mut rounds: Vec<u64> = membership
             .voters
             .iter()
-            .map(|v| if *v == id { leader.read_round } else { leader.progress.get(v).map_or(0, |p| p.read_round) })
+            .map(|v| {
+                if *v == id {
+                    leader.read_round
+                } else {
+                    leader.progress.get(v).map_or(0, |p| p.read_round)
+                }
+            })
             .collect();
         if rounds.len() < quorum {
             return;
@@ -1253,7 +1481,11 @@ impl RaftNode {
             leader.lease_until = leader.lease_until.max(sent + lease_ticks(election_ticks));
         }
         let mut ready = Vec::new();
-        while leader.pending_reads.front().is_some_and(|r| r.round <= confirmed) {
+        while leader
+            .pending_reads
+            .front()
+            .is_some_and(|r| r.round <= confirmed)
+        {
             if let Some(read) = leader.pending_reads.pop_front() {
                 ready.push(read);
             }
@@ -1269,22 +1501,36 @@ impl RaftNode {
                 Some(index) => Action::ReadReady { id, index },
                 None => Action::ReadFailed {
                     id,
-                    error: ReadError::NotLeader(NotLeader { leader_hint: self.leader }),
+                    error: ReadError::NotLeader(NotLeader {
+                        leader_hint: self.leader,
+                    }),
                 },
             }),
-            ReadOrigin::Remote(to, id) => self.send(to, MessageBody::ReadIndexResponse { id, index }),
+            ReadOrigin::Remote(to, id) => {
+                self.send(to, MessageBody::ReadIndexResponse { id, index })
+            }
         }
     }
 
     /// Adds progress for new members and drops it for removed ones.
     fn sync_progress_with_membership(&mut self) {
         let id = self.config.id;
-        let members: BTreeSet<NodeId> = self.log.membership().members().filter(|m| *m != id).collect();
+        let members: BTreeSet<NodeId> = self
+            .log
+            .membership()
+            .members()
+            .filter(|m| *m != id)
+            .collect();
         let next = self.log.last_index();
-        let RoleState::Leader(leader) = &mut self.role else { return };
+        let RoleState::Leader(leader) = &mut self.role else {
+            return;
+        };
         leader.progress.retain(|m, _| members.contains(m));
         for m in members {
-            leader.progress.entry(m).or_insert_with(|| Progress::new(next));
+            leader
+                .progress
+                .entry(m)
+                .or_insert_with(|| Progress::new(next));
         }
     }
 
@@ -1311,15 +1557,26 @@ impl RaftNode {
         }
         match self.log.term(prev_index) {
             None => {
-                let hint = ConflictHint { term: None, index: self.log.last_index().next() };
-                let result = AppendResult::Reject { rejected_prev: prev_index, hint };
+                let hint = ConflictHint {
+                    term: None,
+                    index: self.log.last_index().next(),
+                };
+                let result = AppendResult::Reject {
+                    rejected_prev: prev_index,
+                    hint,
+                };
                 self.send(from, MessageBody::AppendResponse(result));
                 return;
             }
             Some(term) if term != prev_term => {
-                let hint =
-                    ConflictHint { term: Some(term), index: self.log.first_index_of_term_at(prev_index) };
-                let result = AppendResult::Reject { rejected_prev: prev_index, hint };
+                let hint = ConflictHint {
+                    term: Some(term),
+                    index: self.log.first_index_of_term_at(prev_index),
+                };
+                let result = AppendResult::Reject {
+                    rejected_prev: prev_index,
+                    hint,
+                };
                 self.send(from, MessageBody::AppendResponse(result));
                 return;
             }
@@ -1366,7 +1623,10 @@ impl RaftNode {
         let match_index = durable.min(self.verified_index);
         if force || match_index > self.acked_index {
             self.acked_index = self.acked_index.max(match_index);
-            self.send(leader, MessageBody::AppendResponse(AppendResult::Success { match_index }));
+            self.send(
+                leader,
+                MessageBody::AppendResponse(AppendResult::Success { match_index }),
+            );
         }
     }
 
@@ -1379,7 +1639,14 @@ impl RaftNode {
         self.send(from, MessageBody::HeartbeatResponse { read_round });
     }
 
-    fn handle_snapshot_chunk(&mut self, from: NodeId, meta: SnapshotMeta, offset: u64, data: &[u8], done: bool) {
+    fn handle_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: &[u8],
+        done: bool,
+    ) {
         if self.installing_snapshot.is_some() {
             return;
         }
@@ -1393,11 +1660,17 @@ impl RaftNode {
                 self.emit_apply();
             }
             let index = meta.index.min(self.log.persisted);
-            self.send(from, MessageBody::InstallSnapshotResponse(SnapshotResult::Done { index }));
+            self.send(
+                from,
+                MessageBody::InstallSnapshotResponse(SnapshotResult::Done { index }),
+            );
             return;
         }
         if offset == 0 {
-            self.incoming_snapshot = Some(IncomingSnapshot { meta: meta.clone(), data: Vec::new() });
+            self.incoming_snapshot = Some(IncomingSnapshot {
+                meta: meta.clone(),
+                data: Vec::new(),
+            });
         }
         let expected = match &mut self.incoming_snapshot {
             Some(incoming) if incoming.meta == meta && incoming.data.len() as u64 == offset => {
@@ -1412,10 +1685,15 @@ impl RaftNode {
             _ => Some(0),
         };
         if let Some(offset) = expected {
-            self.send(from, MessageBody::InstallSnapshotResponse(SnapshotResult::Next { offset }));
+            self.send(
+                from,
+                MessageBody::InstallSnapshotResponse(SnapshotResult::Next { offset }),
+            );
             return;
         }
-        let Some(incoming) = self.incoming_snapshot.take() else { return };
+        let Some(incoming) = self.incoming_snapshot.take() else {
+            return;
+        };
         self.emit_log_writes();
         self.log.reset_to(incoming.meta.clone());
         self.verified_index = incoming.meta.index;
@@ -1431,11 +1709,19 @@ impl RaftNode {
     // ----- output -----
 
     fn send(&mut self, to: NodeId, body: MessageBody) {
-        self.output.push(Action::Send(Message { from: self.config.id, to, term: self.term, body }));
+        self.output.push(Action::Send(Message {
+            from: self.config.id,
+            to,
+            term: self.term,
+            body,
+        }));
     }
 
     fn save_hard_state(&mut self) {
-        self.output.push(Action::SaveHardState(HardState { term: self.term, vote: self.vote }));
+        self.output.push(Action::SaveHardState(HardState {
+            term: self.term,
+            vote: self.vote,
+        }));
     }
 
     /// Hands new log entries to the driver, merged into the previous `Append` action when
@@ -1444,7 +1730,9 @@ impl RaftNode {
         let entries = self.log.take_unemitted();
         let Some(first) = entries.first() else { return };
         if let Some(Action::Append(previous)) = self.output.last_mut()
-            && previous.last().is_some_and(|e| e.index.next() == first.index)
+            && previous
+                .last()
+                .is_some_and(|e| e.index.next() == first.index)
         {
             previous.extend(entries);
             return;

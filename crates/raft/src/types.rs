@@ -75,7 +75,10 @@ pub struct Membership {
 impl Membership {
     /// A membership of the given voters and no learners.
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Membership {
-        Membership { voters: voters.into_iter().collect(), learners: BTreeSet::new() }
+        Membership {
+            voters: voters.into_iter().collect(),
+            learners: BTreeSet::new(),
+        }
     }
 
     /// Whether `id` is a voter or a learner.
@@ -184,7 +187,11 @@ impl Snapshot {
     /// same one; a server that will join later starts from an empty membership.
     pub fn bootstrap(membership: Membership) -> Snapshot {
         Snapshot {
-            meta: SnapshotMeta { index: Index(0), term: Term(0), membership },
+            meta: SnapshotMeta {
+                index: Index(0),
+                term: Term(0),
+                membership,
+            },
             data: Bytes::new(),
         }
     }

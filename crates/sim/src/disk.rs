@@ -31,7 +31,10 @@ pub struct HoleError {
 impl Disk {
     /// A fresh disk holding the given starting snapshot.
     pub fn new(snapshot: Snapshot) -> Disk {
-        Disk { snapshot, ..Disk::default() }
+        Disk {
+            snapshot,
+            ..Disk::default()
+        }
     }
 
     /// Applies one append to the durable image: drops overwritten entries, skips ones a
@@ -39,10 +42,14 @@ impl Disk {
     fn apply_append(&mut self, entries: &[Entry]) -> Result<(), HoleError> {
         let snapshot_index = self.snapshot.meta.index;
         for entry in entries.iter().filter(|e| e.index > snapshot_index) {
-            let offset = usize::try_from(entry.index.0 - snapshot_index.0 - 1).unwrap_or(usize::MAX);
+            let offset =
+                usize::try_from(entry.index.0 - snapshot_index.0 - 1).unwrap_or(usize::MAX);
             if offset > self.entries.len() {
                 let expected = Index(snapshot_index.0 + self.entries.len() as u64 + 1);
-                return Err(HoleError { expected, got: entry.index });
+                return Err(HoleError {
+                    expected,
+                    got: entry.index,
+                });
             }
             self.entries.truncate(offset);
             self.entries.push(entry.clone());
@@ -62,7 +69,9 @@ impl Disk {
     pub fn last(&self) -> (Index, Term) {
         self.entries
             .last()
-            .map_or((self.snapshot.meta.index, self.snapshot.meta.term), |e| (e.index, e.term))
+            .map_or((self.snapshot.meta.index, self.snapshot.meta.term), |e| {
+                (e.index, e.term)
+            })
     }
 
     /// Drops entries up to `index` (covered by the durable snapshot).
@@ -76,7 +85,11 @@ impl Disk {
         let kept = rng.range(0, unsynced.len() as u64 + 1) as usize;
         for (i, append) in unsynced.iter().enumerate().take(kept) {
             let torn = i + 1 == kept && rng.chance(0.5);
-            let len = if torn { rng.range(0, append.len() as u64) as usize } else { append.len() };
+            let len = if torn {
+                rng.range(0, append.len() as u64) as usize
+            } else {
+                append.len()
+            };
             self.apply_append(&append[..len])?;
         }
         Ok(())

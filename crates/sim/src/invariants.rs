@@ -56,19 +56,28 @@ impl Invariants {
         let term = node.term();
         let leader = *self.leaders.entry(term).or_insert(id);
         if leader != id {
-            return violation("election safety (§5.2)", format!("{leader} and {id} both lead term {term}"));
+            return violation(
+                "election safety (§5.2)",
+                format!("{leader} and {id} both lead term {term}"),
+            );
         }
         let last = node.last_index();
         if let Some((prev_last, prev_term)) = self.leader_logs.get(&(id, term)).copied() {
-            let still_there = prev_last <= node.snapshot_index() || node.entry_term(prev_last) == Some(prev_term);
+            let still_there =
+                prev_last <= node.snapshot_index() || node.entry_term(prev_last) == Some(prev_term);
             if last < prev_last || !still_there {
                 return violation(
                     "leader append-only (§5.3)",
-                    format!("{id} leading {term}: log ended at {prev_last} ({prev_term}), now ends at {last}"),
+                    format!(
+                        "{id} leading {term}: log ended at {prev_last} ({prev_term}), now ends at {last}"
+                    ),
                 );
             }
         }
-        self.leader_logs.insert((id, term), (last, node.entry_term(last).unwrap_or_default()));
+        self.leader_logs.insert(
+            (id, term),
+            (last, node.entry_term(last).unwrap_or_default()),
+        );
         if self.leading.insert(id, term) != Some(term) {
             self.check_completeness(node)?;
         }
@@ -112,7 +121,12 @@ impl Invariants {
                     if *hash != seen.0 || prev_differs {
                         return violation(
                             "log matching (§5.3)",
-                            format!("{} appended a different entry at {} in {}", node.id(), entry.index, entry.term),
+                            format!(
+                                "{} appended a different entry at {} in {}",
+                                node.id(),
+                                entry.index,
+                                entry.term
+                            ),
                         );
                     }
                 }

@@ -60,7 +60,9 @@ impl Command {
         let body = match &self.write {
             Write::Put { key, value } => format!("put {key} {value}"),
             Write::Delete { key } => format!("del {key}"),
-            Write::Cas { key, expected, new } => format!("cas {key} {} {new}", encode_opt(expected)),
+            Write::Cas { key, expected, new } => {
+                format!("cas {key} {} {new}", encode_opt(expected))
+            }
         };
         format!("{} {} {body}", self.client, self.seq).into_bytes()
     }
@@ -73,14 +75,21 @@ impl Command {
         let seq = parts.get(1)?.parse().ok()?;
         let key = (*parts.get(3)?).to_string();
         let write = match *parts.get(2)? {
-            "put" => Write::Put { key, value: (*parts.get(4)?).to_string() },
+            "put" => Write::Put {
+                key,
+                value: (*parts.get(4)?).to_string(),
+            },
             "del" => Write::Delete { key },
             "cas" => {
                 let expected = match *parts.get(4)? {
                     "-" => None,
                     v => Some(v.to_string()),
                 };
-                Write::Cas { key, expected, new: (*parts.get(5)?).to_string() }
+                Write::Cas {
+                    key,
+                    expected,
+                    new: (*parts.get(5)?).to_string(),
+                }
             }
             _ => return None,
         };
@@ -158,7 +167,8 @@ impl Kv {
             let parts: Vec<&str> = line.split(' ').collect();
             match *parts.first()? {
                 "k" => {
-                    kv.map.insert((*parts.get(1)?).to_string(), (*parts.get(2)?).to_string());
+                    kv.map
+                        .insert((*parts.get(1)?).to_string(), (*parts.get(2)?).to_string());
                 }
                 "s" => {
                     let output = match *parts.get(3)? {
@@ -167,7 +177,10 @@ impl Kv {
                         "f" => WriteOutput::Swapped(false),
                         _ => return None,
                     };
-                    kv.sessions.insert(parts.get(1)?.parse().ok()?, (parts.get(2)?.parse().ok()?, output));
+                    kv.sessions.insert(
+                        parts.get(1)?.parse().ok()?,
+                        (parts.get(2)?.parse().ok()?, output),
+                    );
                 }
                 _ => return None,
             }
@@ -185,12 +198,20 @@ mod tests {
         let c = Command {
             client: 3,
             seq: 9,
-            write: Write::Cas { key: "k1".into(), expected: None, new: "v".into() },
+            write: Write::Cas {
+                key: "k1".into(),
+                expected: None,
+                new: "v".into(),
+            },
         };
         assert_eq!(Command::decode(&c.encode()), Some(c.clone()));
         let mut kv = Kv::default();
         assert_eq!(kv.apply(&c), Some(WriteOutput::Swapped(true)));
-        assert_eq!(kv.apply(&c), Some(WriteOutput::Swapped(true)), "a retry returns the recorded output");
+        assert_eq!(
+            kv.apply(&c),
+            Some(WriteOutput::Swapped(true)),
+            "a retry returns the recorded output"
+        );
         assert_eq!(Kv::decode(&kv.encode()), Some(kv.clone()));
         assert_eq!(kv.get("k1").as_deref(), Some("v"));
     }
@@ -201,10 +222,17 @@ mod tests {
         let put = |seq, value: &str| Command {
             client: 1,
             seq,
-            write: Write::Put { key: "a".into(), value: value.into() },
+            write: Write::Put {
+                key: "a".into(),
+                value: value.into(),
+            },
         };
         kv.apply(&put(2, "two"));
-        assert_eq!(kv.apply(&put(1, "one")), None, "an older sequence number is not applied");
+        assert_eq!(
+            kv.apply(&put(1, "one")),
+            None,
+            "an older sequence number is not applied"
+        );
         assert_eq!(kv.get("a").as_deref(), Some("two"));
     }
 }

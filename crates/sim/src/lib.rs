@@ -18,6 +18,18 @@ pub mod world;
 pub use invariants::Violation;
 pub use world::{Faults, Options, Report, World};
 
+/// The deliberately broken variants by their command-line names.
+#[cfg(feature = "broken-variants")]
+pub fn parse_bug(name: &str) -> Option<rkv_raft::Bug> {
+    match name {
+        "commit-old-term" => Some(rkv_raft::Bug::CommitOldTermByCount),
+        "vote-without-log-check" => Some(rkv_raft::Bug::VoteWithoutLogCheck),
+        "ack-before-persist" => Some(rkv_raft::Bug::AckBeforePersist),
+        "read-without-quorum" => Some(rkv_raft::Bug::ReadWithoutQuorum),
+        _ => None,
+    }
+}
+
 /// Runs one simulation.
 pub fn run(options: Options) -> Report {
     World::new(options).run()

@@ -20,6 +20,8 @@ struct Args {
     nodes: usize,
     fault_ms: u64,
     threads: usize,
+    #[cfg(feature = "broken-variants")]
+    bug: Option<rkv_raft::Bug>,
 }
 
 const USAGE: &str = "usage: rkv-sim [--seeds N] [--start S] [--seed S [--trace]] [--nodes 3|5|7] [--fault-ms MS] [--threads N]";
@@ -33,6 +35,8 @@ fn parse_args() -> Result<Args, String> {
         nodes: 0,
         fault_ms: 5_000,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        #[cfg(feature = "broken-variants")]
+        bug: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,8 +55,18 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--fault-ms" => args.fault_ms = value("--fault-ms")?,
-            "--threads" => args.threads = usize::try_from(value("--threads")?).map_err(|e| e.to_string())?.max(1),
+            "--threads" => {
+                args.threads = usize::try_from(value("--threads")?)
+                    .map_err(|e| e.to_string())?
+                    .max(1)
+            }
             "--trace" => args.trace = true,
+            #[cfg(feature = "broken-variants")]
+            "--bug" => {
+                let name = it.next().ok_or("--bug needs a name")?;
+                args.bug =
+                    Some(rkv_sim::parse_bug(&name).ok_or_else(|| format!("unknown bug: {name}"))?);
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument: {other}")),
         }
@@ -64,25 +78,38 @@ fn options(args: &Args, seed: u64) -> Options {
     let mut options = Options::new(seed);
     options.nodes = args.nodes;
     options.fault_ms = args.fault_ms;
+    #[cfg(feature = "broken-variants")]
+    {
+        options.bug = args.bug;
+    }
     options
 }
 
 fn print_failure(args: &Args, report: &Report) {
     let Some(v) = &report.violation else { return };
-    println!("seed {}: VIOLATION of {}: {}", report.seed, v.property, v.detail);
+    println!(
+        "seed {}: VIOLATION of {}: {}",
+        report.seed, v.property, v.detail
+    );
     let (shrunk, replay) = rkv_sim::shrink(&options(args, report.seed));
     println!(
         "shortest reproduction: seed {} with faults {:?} ({} events): {}",
         report.seed,
         shrunk.faults.names(),
         replay.events,
-        replay.violation.as_ref().map_or("(no longer fails)".to_string(), |v| v.property.to_string())
+        replay
+            .violation
+            .as_ref()
+            .map_or("(no longer fails)".to_string(), |v| v.property.to_string())
     );
     let tail = replay.trace.len().saturating_sub(200);
     for line in &replay.trace[tail..] {
         println!("  {line}");
     }
-    println!("reproduce with: cargo run --release -p rkv-sim -- --seed {} --trace", report.seed);
+    println!(
+        "reproduce with: cargo run --release -p rkv-sim -- --seed {} --trace",
+        report.seed
+    );
 }
 
 fn main() -> ExitCode {
@@ -110,7 +137,11 @@ fn main() -> ExitCode {
         let violations = u64::from(report.violation.is_some());
         print_failure(&args, &report);
         println!("seeds: 1, violations: {violations}");
-        return if violations == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        return if violations == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     let started = Instant::now();
     let next = AtomicU64::new(args.start);
@@ -157,5 +188,9 @@ fn main() -> ExitCode {
         args.seeds as f64 / secs * 60.0
     );
     println!("seeds: {}, violations: {}", args.seeds, failures.len());
-    if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -8,7 +8,7 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator for `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5EED_0F_C0FFEE)
+        Rng(seed ^ 0x5EED_0FC0_FFEE)
     }
 
     /// The next 64 random bits.
@@ -22,7 +22,11 @@ impl Rng {
 
     /// A value in `[low, high)`; `low` when the range is empty.
     pub fn range(&mut self, low: u64, high: u64) -> u64 {
-        if high <= low { low } else { low + self.next_u64() % (high - low) }
+        if high <= low {
+            low
+        } else {
+            low + self.next_u64() % (high - low)
+        }
     }
 
     /// True with probability `p`.

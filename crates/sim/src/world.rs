@@ -71,7 +71,10 @@ impl Faults {
             (self.transfers, "transfers"),
             (self.snapshots, "snapshots"),
         ];
-        all.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect()
+        all.iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| *name)
+            .collect()
     }
 
     /// A copy with the kind at `position` (in [`Faults::names`] order of all kinds) off.
@@ -153,19 +156,42 @@ enum Reply {
     Written(WriteOutput),
     Value(Option<String>),
     /// Not taken here (no leader, busy, lost leadership): try again.
-    Retry { leader_hint: Option<NodeId> },
+    Retry {
+        leader_hint: Option<NodeId>,
+    },
 }
 
 #[derive(Debug)]
 enum Event {
-    Tick { node: NodeId, incarnation: u64 },
-    Deliver(Message),
-    Sync { node: NodeId, incarnation: u64 },
-    Request { node: NodeId, client: u64, attempt: u64, request: Request },
-    Reply { client: u64, attempt: u64, reply: Reply },
-    ClientWake { client: u64, token: u64 },
+    Tick {
+        node: NodeId,
+        incarnation: u64,
+    },
+    /// A message, with its sender's incarnation when it was sent.
+    Deliver(Message, u64),
+    Sync {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Request {
+        node: NodeId,
+        client: u64,
+        attempt: u64,
+        request: Request,
+    },
+    Reply {
+        client: u64,
+        attempt: u64,
+        reply: Reply,
+    },
+    ClientWake {
+        client: u64,
+        token: u64,
+    },
     Nemesis,
     Restart(NodeId),
+    /// Crash a leader shortly after its election, if it still leads that term.
+    DeposeLeader(NodeId, Term),
     Heal,
 }
 
@@ -256,6 +282,15 @@ pub struct World {
     trace: Vec<String>,
     config_template: Config,
     next_attempt: u64,
+    /// Gap between nemesis actions, drawn per run: calm, busy or frantic.
+    nemesis_gap_ms: (Millis, Millis),
+    /// Time an fsync takes, drawn per run: a fast disk or a slow one.
+    sync_ms: (Millis, Millis),
+    /// Probability of crashing a new leader within milliseconds of its election: leaders
+    /// that die with uncommitted entries make the histories of the paper's figure 8.
+    depose_rate: f64,
+    /// The newest (term, leader) seen.
+    last_leader: Option<(Term, NodeId)>,
 }
 
 impl World {
@@ -283,11 +318,30 @@ impl World {
             template.bug = options.bug;
         }
         let membership = Membership::with_voters((1..=voters as u64).map(NodeId));
-        let spares = (voters as u64 + 1..=voters as u64 + 3).map(NodeId).rev().collect();
-        let clients = (0..rng.range(2, 6))
-            .map(|_| Client { seq: 0, current: None, leader_hint: None, token: 0 })
+        let spares = (voters as u64 + 1..=voters as u64 + 3)
+            .map(NodeId)
+            .rev()
             .collect();
+        let clients = (0..rng.range(2, 6))
+            .map(|_| Client {
+                seq: 0,
+                current: None,
+                leader_hint: None,
+                token: 0,
+            })
+            .collect();
+        let nemesis_gap_ms = [(100, 600), (30, 200), (10, 80)][rng.range(0, 3) as usize];
+        let sync_ms = [(1, 4), (1, 25)][rng.range(0, 2) as usize];
+        let depose_rate = if options.faults.crashes {
+            [0.0, 0.0, 0.3, 0.7][rng.range(0, 4) as usize]
+        } else {
+            0.0
+        };
         let mut world = World {
+            depose_rate,
+            last_leader: None,
+            nemesis_gap_ms,
+            sync_ms,
             stop_issuing_at: options.fault_ms + options.heal_ms / 3,
             options,
             rng,
@@ -316,7 +370,7 @@ impl World {
             let at = world.rng.range(0, 50);
             world.schedule(at, Event::ClientWake { client, token: 0 });
         }
-        let first = world.rng.range(100, 600);
+        let first = world.rng.range(nemesis_gap_ms.0, nemesis_gap_ms.1);
         world.schedule(first, Event::Nemesis);
         let heal_at = world.options.fault_ms;
         world.schedule(heal_at, Event::Heal);
@@ -325,7 +379,11 @@ impl World {
 
     fn schedule(&mut self, delay: Millis, event: Event) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled { time: self.now + delay, seq: self.seq, event }));
+        self.queue.push(Reverse(Scheduled {
+            time: self.now + delay,
+            seq: self.seq,
+            event,
+        }));
     }
 
     fn log(&mut self, line: impl FnOnce() -> String) {
@@ -336,7 +394,11 @@ impl World {
     }
 
     fn add_node(&mut self, id: NodeId, snapshot: Snapshot) {
-        let every = if self.options.faults.snapshots { self.rng.range(10, 60) } else { u64::MAX };
+        let every = if self.options.faults.snapshots {
+            self.rng.range(10, 60)
+        } else {
+            u64::MAX
+        };
         let node = Node {
             raft: None,
             incarnation: 0,
@@ -359,7 +421,9 @@ impl World {
         config.id = id;
         let seed = self.rng.next_u64();
         let phase = self.rng.range(0, TICK_MS);
-        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
         let recovered = node.disk.recover();
         node.kv = Kv::decode(&recovered.snapshot.data).unwrap_or_default();
         node.incarnation += 1;
@@ -370,18 +434,30 @@ impl World {
         node.raft = RaftNode::new(config, recovered, seed).ok();
         let incarnation = node.incarnation;
         self.log(|| format!("{id} starts (incarnation {incarnation})"));
-        self.schedule(phase + 1, Event::Tick { node: id, incarnation });
+        self.schedule(
+            phase + 1,
+            Event::Tick {
+                node: id,
+                incarnation,
+            },
+        );
     }
 
     fn crash(&mut self, id: NodeId) -> Result<(), Violation> {
-        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
         if node.raft.take().is_none() {
             return Ok(());
         }
         node.incarnation += 1;
         node.disk.crash(&mut self.rng).map_err(|e| Violation {
             property: "log contract",
-            detail: format!("{id}: append at {} leaves a hole after {}", e.got, e.expected.prev()),
+            detail: format!(
+                "{id}: append at {} leaves a hole after {}",
+                e.got,
+                e.expected.prev()
+            ),
         })?;
         self.log(|| format!("{id} crashes"));
         Ok(())
@@ -441,7 +517,9 @@ impl World {
             });
         }
         let healed_write = self.history.iter().any(|op| {
-            op.outcome == Outcome::Ok && op.invoke >= self.options.fault_ms && !matches!(op.kind, OpKind::Get { .. })
+            op.outcome == Outcome::Ok
+                && op.invoke >= self.options.fault_ms
+                && !matches!(op.kind, OpKind::Get { .. })
         });
         if !healed_write {
             return Some(Violation {
@@ -453,7 +531,11 @@ impl World {
             rkv_check::Verdict::Linearizable => None,
             rkv_check::Verdict::NotLinearizable(v) => Some(Violation {
                 property: "linearizability",
-                detail: format!("key {}: minimal failing history:\n{}", v.key, render_ops(&v.minimal)),
+                detail: format!(
+                    "key {}: minimal failing history:\n{}",
+                    v.key,
+                    render_ops(&v.minimal)
+                ),
             }),
             rkv_check::Verdict::Inconclusive { key, reason } => Some(Violation {
                 property: "linearizability (inconclusive)",
@@ -465,29 +547,55 @@ impl World {
     fn handle(&mut self, event: Event) -> Result<(), Violation> {
         match event {
             Event::Tick { node, incarnation } => {
-                if self.nodes.get(&node).is_some_and(|n| n.incarnation == incarnation && n.raft.is_some()) {
+                if self
+                    .nodes
+                    .get(&node)
+                    .is_some_and(|n| n.incarnation == incarnation && n.raft.is_some())
+                {
                     self.schedule(TICK_MS, Event::Tick { node, incarnation });
                     self.with_raft(node, RaftNode::tick)?;
                 }
             }
-            Event::Deliver(message) => {
+            Event::Deliver(message, incarnation) => {
                 let to = message.to;
                 if self.blocked.contains(&(message.from, to)) {
                     return Ok(());
                 }
-                self.log(|| format!("{} -> {}: {} {:?}", message.from, to, message.term, message.body));
+                // A crash breaks the sender's connections: most of what it had in flight is lost.
+                let sender_crashed = self
+                    .nodes
+                    .get(&message.from)
+                    .is_some_and(|n| n.incarnation != incarnation);
+                if sender_crashed && self.rng.chance(0.8) {
+                    return Ok(());
+                }
+                self.log(|| {
+                    format!(
+                        "{} -> {}: {} {:?}",
+                        message.from, to, message.term, message.body
+                    )
+                });
                 self.with_raft(to, |raft| raft.step(message))?;
             }
             Event::Sync { node, incarnation } => self.sync(node, incarnation)?,
-            Event::Request { node, client, attempt, request } => {
+            Event::Request {
+                node,
+                client,
+                attempt,
+                request,
+            } => {
                 self.request(node, client, attempt, request)?;
             }
-            Event::Reply { client, attempt, reply } => self.client_reply(client, attempt, reply),
+            Event::Reply {
+                client,
+                attempt,
+                reply,
+            } => self.client_reply(client, attempt, reply),
             Event::ClientWake { client, token } => self.client_wake(client, token),
             Event::Nemesis => {
                 if self.phase == Phase::Faults {
                     self.nemesis()?;
-                    let next = self.rng.range(100, 600);
+                    let next = self.rng.range(self.nemesis_gap_ms.0, self.nemesis_gap_ms.1);
                     self.schedule(next, Event::Nemesis);
                 }
             }
@@ -496,9 +604,57 @@ impl World {
                     self.start_node(id);
                 }
             }
+            Event::DeposeLeader(id, term) => {
+                let leads = self
+                    .nodes
+                    .get(&id)
+                    .and_then(|n| n.raft.as_ref())
+                    .is_some_and(|r| r.term() == term);
+                if leads && self.phase == Phase::Faults {
+                    if self.rng.chance(0.5) || !self.options.faults.partitions {
+                        self.crash(id)?;
+                        let downtime = self.rng.range(5, 300);
+                        self.schedule(downtime, Event::Restart(id));
+                    } else {
+                        let all: Vec<NodeId> = self.nodes.keys().copied().collect();
+                        for other in all {
+                            self.blocked.insert((id, other));
+                            self.blocked.insert((other, id));
+                        }
+                        self.log(|| format!("nemesis: isolate new leader {id}"));
+                    }
+                }
+            }
             Event::Heal => self.heal(),
         }
+        self.watch_leader();
         self.check_all()
+    }
+
+    /// Notices new leaders, and deposes some of them at once.
+    fn watch_leader(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let Some(term) = self
+            .nodes
+            .get(&leader)
+            .and_then(|n| n.raft.as_ref())
+            .map(RaftNode::term)
+        else {
+            return;
+        };
+        if self.last_leader.is_some_and(|(t, _)| t >= term) {
+            return;
+        }
+        self.last_leader = Some((term, leader));
+        self.log(|| format!("{leader} leads {term}"));
+        if self.phase == Phase::Faults && self.rng.chance(self.depose_rate) {
+            let delay = if self.rng.chance(0.5) {
+                self.rng.range(0, 3)
+            } else {
+                self.rng.range(3, 30)
+            };
+            self.schedule(delay, Event::DeposeLeader(leader, term));
+        }
     }
 
     fn check_all(&mut self) -> Result<(), Violation> {
@@ -511,16 +667,26 @@ impl World {
     }
 
     /// Feeds one input to a live node and performs the actions it emits.
-    fn with_raft(&mut self, id: NodeId, input: impl FnOnce(&mut RaftNode)) -> Result<(), Violation> {
-        let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) else { return Ok(()) };
+    fn with_raft(
+        &mut self,
+        id: NodeId,
+        input: impl FnOnce(&mut RaftNode),
+    ) -> Result<(), Violation> {
+        let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) else {
+            return Ok(());
+        };
         input(raft);
         self.drain(id)
     }
 
     fn drain(&mut self, id: NodeId) -> Result<(), Violation> {
         loop {
-            let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
-            let Some(raft) = node.raft.as_mut() else { return Ok(()) };
+            let Some(node) = self.nodes.get_mut(&id) else {
+                return Ok(());
+            };
+            let Some(raft) = node.raft.as_mut() else {
+                return Ok(());
+            };
             let actions = raft.take_actions();
             if actions.is_empty() {
                 return Ok(());
@@ -539,7 +705,9 @@ impl World {
                 }
             }
             Action::Append(entries) => {
-                let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return Ok(());
+                };
                 if let Some(raft) = &node.raft {
                     self.invariants.check_append(raft, &entries)?;
                 }
@@ -547,14 +715,22 @@ impl World {
                 if !node.sync_scheduled {
                     node.sync_scheduled = true;
                     let incarnation = node.incarnation;
-                    let latency = self.rng.range(1, 4);
-                    self.schedule(latency, Event::Sync { node: id, incarnation });
+                    let latency = self.rng.range(self.sync_ms.0, self.sync_ms.1);
+                    self.schedule(
+                        latency,
+                        Event::Sync {
+                            node: id,
+                            incarnation,
+                        },
+                    );
                 }
             }
             Action::Send(message) => self.send(message),
             Action::Apply(entries) => self.apply(id, entries)?,
             Action::InstallSnapshot(snapshot) => {
-                let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return Ok(());
+                };
                 node.disk.sync().map_err(|e| hole(id, &e))?;
                 node.disk.entries.clear();
                 node.kv = Kv::decode(&snapshot.data).unwrap_or_default();
@@ -570,14 +746,18 @@ impl World {
                 }
             }
             Action::ReadReady { id: read, index } => {
-                let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return Ok(());
+                };
                 if let Some((client, attempt, key)) = node.reads.remove(&read) {
                     node.ready_reads.push((index, client, attempt, key));
                     self.serve_reads(id);
                 }
             }
             Action::ReadFailed { id: read, error } => {
-                let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return Ok(());
+                };
                 if let Some((client, attempt, _)) = node.reads.remove(&read) {
                     let leader_hint = match error {
                         rkv_raft::ReadError::NotLeader(n) => n.leader_hint,
@@ -597,19 +777,26 @@ impl World {
         if self.rng.chance(self.drop_rate) {
             return;
         }
-        let copies = if self.rng.chance(self.duplicate_rate) { 2 } else { 1 };
+        let incarnation = self.nodes.get(&message.from).map_or(0, |n| n.incarnation);
+        let copies = if self.rng.chance(self.duplicate_rate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let delay = if self.rng.chance(self.long_delay_rate) {
                 self.rng.range(20, 120)
             } else {
                 self.rng.range(1, 4)
             };
-            self.schedule(delay, Event::Deliver(message.clone()));
+            self.schedule(delay, Event::Deliver(message.clone(), incarnation));
         }
     }
 
     fn sync(&mut self, id: NodeId, incarnation: u64) -> Result<(), Violation> {
-        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
         if node.incarnation != incarnation || node.raft.is_none() {
             return Ok(());
         }
@@ -621,7 +808,9 @@ impl World {
     fn apply(&mut self, id: NodeId, entries: Vec<rkv_raft::Entry>) -> Result<(), Violation> {
         self.invariants.check_apply(id, &entries)?;
         let mut replies = Vec::new();
-        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
         let mut last = None;
         for entry in &entries {
             let output = match &entry.payload {
@@ -654,33 +843,50 @@ impl World {
     }
 
     fn applied_index(&self, id: NodeId) -> Index {
-        self.nodes.get(&id).and_then(|n| n.raft.as_ref()).map_or(Index(0), |r| r.status().applied)
+        self.nodes
+            .get(&id)
+            .and_then(|n| n.raft.as_ref())
+            .map_or(Index(0), |r| r.status().applied)
     }
 
     fn serve_reads(&mut self, id: NodeId) {
         let applied = self.applied_index(id);
-        let Some(node) = self.nodes.get_mut(&id) else { return };
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut node.ready_reads).into_iter().partition(|(index, ..)| *index <= applied);
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut node.ready_reads)
+            .into_iter()
+            .partition(|(index, ..)| *index <= applied);
         node.ready_reads = waiting;
-        let answers: Vec<_> =
-            ready.into_iter().map(|(_, client, attempt, key)| (client, attempt, node.kv.get(&key))).collect();
+        let answers: Vec<_> = ready
+            .into_iter()
+            .map(|(_, client, attempt, key)| (client, attempt, node.kv.get(&key)))
+            .collect();
         for (client, attempt, value) in answers {
             self.reply(client, attempt, Reply::Value(value));
         }
     }
 
     fn maybe_snapshot(&mut self, id: NodeId) -> Result<(), Violation> {
-        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
-        let Some(raft) = node.raft.as_ref() else { return Ok(()) };
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(raft) = node.raft.as_ref() else {
+            return Ok(());
+        };
         let applied = raft.status().applied;
         if applied.0 < raft.snapshot_index().0 + node.snapshot_every {
             return Ok(());
         }
-        let Some(meta) = raft.snapshot_meta(applied) else { return Ok(()) };
+        let Some(meta) = raft.snapshot_meta(applied) else {
+            return Ok(());
+        };
         let data = Bytes::from(node.kv.encode());
         // Durable first, then tell the core (the driver contract).
-        node.disk.snapshot = Snapshot { meta, data: data.clone() };
+        node.disk.snapshot = Snapshot {
+            meta,
+            data: data.clone(),
+        };
         self.with_raft(id, |raft| {
             let _ = raft.snapshot_taken(applied, data);
         })
@@ -690,21 +896,50 @@ impl World {
 
     fn reply(&mut self, client: u64, attempt: u64, reply: Reply) {
         let delay = self.rng.range(1, 4);
-        self.schedule(delay, Event::Reply { client, attempt, reply });
+        self.schedule(
+            delay,
+            Event::Reply {
+                client,
+                attempt,
+                reply,
+            },
+        );
     }
 
-    fn request(&mut self, id: NodeId, client: u64, attempt: u64, request: Request) -> Result<(), Violation> {
-        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
-        let Some(raft) = node.raft.as_mut() else { return Ok(()) };
+    fn request(
+        &mut self,
+        id: NodeId,
+        client: u64,
+        attempt: u64,
+        request: Request,
+    ) -> Result<(), Violation> {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(raft) = node.raft.as_mut() else {
+            return Ok(());
+        };
         match request {
             Request::Write(command) => match raft.propose(Bytes::from(command.encode())) {
                 Ok((term, index)) => {
                     node.proposals.insert(index, (term, client, attempt));
                 }
                 Err(ProposeError::NotLeader(n)) => {
-                    self.reply(client, attempt, Reply::Retry { leader_hint: n.leader_hint });
+                    self.reply(
+                        client,
+                        attempt,
+                        Reply::Retry {
+                            leader_hint: n.leader_hint,
+                        },
+                    );
                 }
-                Err(_) => self.reply(client, attempt, Reply::Retry { leader_hint: Some(id) }),
+                Err(_) => self.reply(
+                    client,
+                    attempt,
+                    Reply::Retry {
+                        leader_hint: Some(id),
+                    },
+                ),
             },
             Request::Read { key, mode } => {
                 node.next_read_id += 1;
@@ -714,7 +949,13 @@ impl World {
                         node.reads.insert(read, (client, attempt, key));
                     }
                     Err(rkv_raft::ReadError::NotLeader(n)) => {
-                        self.reply(client, attempt, Reply::Retry { leader_hint: n.leader_hint });
+                        self.reply(
+                            client,
+                            attempt,
+                            Reply::Retry {
+                                leader_hint: n.leader_hint,
+                            },
+                        );
                     }
                     Err(_) => self.reply(client, attempt, Reply::Retry { leader_hint: None }),
                 }
@@ -724,7 +965,9 @@ impl World {
     }
 
     fn client_wake(&mut self, client: u64, token: u64) {
-        let Some(c) = self.clients.get(client as usize) else { return };
+        let Some(c) = self.clients.get(client as usize) else {
+            return;
+        };
         if token != c.token {
             return;
         }
@@ -744,15 +987,30 @@ impl World {
         let key = KEYS[self.rng.range(0, KEYS.len() as u64) as usize].to_string();
         let dice = self.rng.range(0, 100);
         let lease = self.config_template.check_quorum && self.rng.chance(0.3);
-        let Some(c) = self.clients.get_mut(client as usize) else { return };
+        let Some(c) = self.clients.get_mut(client as usize) else {
+            return;
+        };
         c.seq += 1;
         let value = format!("c{client}s{}", c.seq);
         let (request, kind) = if dice < 40 {
-            let mode = if lease { ReadMode::Lease } else { ReadMode::Linearizable };
-            (Request::Read { key: key.clone(), mode }, OpKind::Get { value: None })
+            let mode = if lease {
+                ReadMode::Lease
+            } else {
+                ReadMode::Linearizable
+            };
+            (
+                Request::Read {
+                    key: key.clone(),
+                    mode,
+                },
+                OpKind::Get { value: None },
+            )
         } else {
             let write = if dice < 70 {
-                Write::Put { key: key.clone(), value: value.clone() }
+                Write::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                }
             } else if dice < 80 {
                 Write::Delete { key: key.clone() }
             } else {
@@ -763,17 +1021,34 @@ impl World {
                     let seq = self.rng.range(1, 20);
                     Some(format!("c{other}s{seq}"))
                 };
-                Write::Cas { key: key.clone(), expected, new: value.clone() }
-            };
-            let kind = match &write {
-                Write::Put { value, .. } => OpKind::Put { value: value.clone() },
-                Write::Delete { .. } => OpKind::Delete,
-                Write::Cas { expected, new, .. } => {
-                    OpKind::Cas { expected: expected.clone(), new: new.clone(), swapped: false }
+                Write::Cas {
+                    key: key.clone(),
+                    expected,
+                    new: value.clone(),
                 }
             };
-            let Some(c) = self.clients.get_mut(client as usize) else { return };
-            (Request::Write(Command { client, seq: c.seq, write }), kind)
+            let kind = match &write {
+                Write::Put { value, .. } => OpKind::Put {
+                    value: value.clone(),
+                },
+                Write::Delete { .. } => OpKind::Delete,
+                Write::Cas { expected, new, .. } => OpKind::Cas {
+                    expected: expected.clone(),
+                    new: new.clone(),
+                    swapped: false,
+                },
+            };
+            let Some(c) = self.clients.get_mut(client as usize) else {
+                return;
+            };
+            (
+                Request::Write(Command {
+                    client,
+                    seq: c.seq,
+                    write,
+                }),
+                kind,
+            )
         };
         self.history.push(Operation {
             client,
@@ -785,26 +1060,47 @@ impl World {
         });
         let history = self.history.len() - 1;
         if let Some(c) = self.clients.get_mut(client as usize) {
-            c.current = Some(CurrentOp { history, request, attempt: 0, attempts: 0, awaiting_reply: false, maybe_applied: false });
+            c.current = Some(CurrentOp {
+                history,
+                request,
+                attempt: 0,
+                attempts: 0,
+                awaiting_reply: false,
+                maybe_applied: false,
+            });
         }
         self.retry(client, false);
     }
 
     /// Sends the current operation again (after a timeout when `timed_out`).
     fn retry(&mut self, client: u64, timed_out: bool) {
-        let max_attempts = if self.phase == Phase::Faults { 12 } else { u32::MAX };
-        let live: Vec<NodeId> =
-            self.nodes.iter().filter(|(_, n)| n.raft.is_some()).map(|(id, _)| *id).collect();
+        let max_attempts = if self.phase == Phase::Faults {
+            12
+        } else {
+            u32::MAX
+        };
+        let live: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.raft.is_some())
+            .map(|(id, _)| *id)
+            .collect();
         let random = self.rng.pick(&live);
         self.next_attempt += 1;
         let attempt = self.next_attempt;
-        let Some(c) = self.clients.get_mut(client as usize) else { return };
+        let Some(c) = self.clients.get_mut(client as usize) else {
+            return;
+        };
         let Some(op) = c.current.as_mut() else { return };
         if timed_out && matches!(op.request, Request::Write(_)) {
             op.maybe_applied = true;
         }
         if op.attempts >= max_attempts {
-            let outcome = if op.maybe_applied { Outcome::Unknown } else { Outcome::Failed };
+            let outcome = if op.maybe_applied {
+                Outcome::Unknown
+            } else {
+                Outcome::Failed
+            };
             let history = op.history;
             c.current = None;
             if let Some(entry) = self.history.get_mut(history) {
@@ -826,13 +1122,23 @@ impl World {
         self.schedule(ATTEMPT_TIMEOUT_MS, Event::ClientWake { client, token });
         if let Some(node) = target {
             let delay = self.rng.range(1, 4);
-            self.schedule(delay, Event::Request { node, client, attempt, request });
+            self.schedule(
+                delay,
+                Event::Request {
+                    node,
+                    client,
+                    attempt,
+                    request,
+                },
+            );
         }
     }
 
     fn client_reply(&mut self, client: u64, attempt: u64, reply: Reply) {
         let now = self.now;
-        let Some(c) = self.clients.get_mut(client as usize) else { return };
+        let Some(c) = self.clients.get_mut(client as usize) else {
+            return;
+        };
         let Some(op) = c.current.as_mut() else { return };
         if op.attempt != attempt {
             return;
@@ -851,7 +1157,9 @@ impl World {
             }
             Reply::Written(output) => {
                 if let Some(entry) = self.history.get_mut(history) {
-                    if let (OpKind::Cas { swapped, .. }, WriteOutput::Swapped(s)) = (&mut entry.kind, output) {
+                    if let (OpKind::Cas { swapped, .. }, WriteOutput::Swapped(s)) =
+                        (&mut entry.kind, output)
+                    {
                         *swapped = s;
                     }
                     entry.outcome = Outcome::Ok;
@@ -878,13 +1186,22 @@ impl World {
     fn leader(&self) -> Option<NodeId> {
         self.nodes
             .iter()
-            .filter_map(|(id, n)| n.raft.as_ref().filter(|r| r.role() == Role::Leader).map(|r| (r.term(), *id)))
+            .filter_map(|(id, n)| {
+                n.raft
+                    .as_ref()
+                    .filter(|r| r.role() == Role::Leader)
+                    .map(|r| (r.term(), *id))
+            })
             .max()
             .map(|(_, id)| id)
     }
 
     fn live_nodes(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|(_, n)| n.raft.is_some()).map(|(id, _)| *id).collect()
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.raft.is_some())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn nemesis(&mut self) -> Result<(), Violation> {
@@ -893,10 +1210,14 @@ impl World {
         let all: Vec<NodeId> = self.nodes.keys().copied().collect();
         match choice {
             0 | 1 if faults.crashes => {
-                let victim = if self.rng.chance(0.5) { self.leader() } else { self.rng.pick(&self.live_nodes()) };
+                let victim = if self.rng.chance(0.5) {
+                    self.leader()
+                } else {
+                    self.rng.pick(&self.live_nodes())
+                };
                 if let Some(victim) = victim {
                     self.crash(victim)?;
-                    let downtime = self.rng.range(50, 1500);
+                    let downtime = self.rng.range(20, 1500);
                     self.schedule(downtime, Event::Restart(victim));
                 }
             }
@@ -911,7 +1232,11 @@ impl World {
                 self.blocked.clear();
                 match self.rng.range(0, 3) {
                     0 => {
-                        let victim = if self.rng.chance(0.5) { self.leader() } else { self.rng.pick(&all) };
+                        let victim = if self.rng.chance(0.5) {
+                            self.leader()
+                        } else {
+                            self.rng.pick(&all)
+                        };
                         if let Some(victim) = victim {
                             for other in &all {
                                 self.blocked.insert((victim, *other));
@@ -921,7 +1246,11 @@ impl World {
                         }
                     }
                     1 => {
-                        let side: BTreeSet<NodeId> = all.iter().copied().filter(|_| self.rng.chance(0.5)).collect();
+                        let side: BTreeSet<NodeId> = all
+                            .iter()
+                            .copied()
+                            .filter(|_| self.rng.chance(0.5))
+                            .collect();
                         for a in &all {
                             for b in &all {
                                 if side.contains(a) != side.contains(b) {
@@ -953,7 +1282,8 @@ impl World {
             7 if faults.membership => self.change_membership()?,
             8 if faults.transfers => {
                 if let Some(leader) = self.leader() {
-                    let voters: Vec<NodeId> = self.membership_of(leader).voters.into_iter().collect();
+                    let voters: Vec<NodeId> =
+                        self.membership_of(leader).voters.into_iter().collect();
                     if let Some(target) = self.rng.pick(&voters) {
                         self.log(|| format!("nemesis: transfer {leader} -> {target}"));
                         self.with_raft(leader, |r| {
@@ -968,21 +1298,35 @@ impl World {
     }
 
     fn membership_of(&self, id: NodeId) -> Membership {
-        self.nodes.get(&id).and_then(|n| n.raft.as_ref()).map(|r| r.membership().clone()).unwrap_or_default()
+        self.nodes
+            .get(&id)
+            .and_then(|n| n.raft.as_ref())
+            .map(|r| r.membership().clone())
+            .unwrap_or_default()
     }
 
     fn change_membership(&mut self) -> Result<(), Violation> {
-        let Some(leader) = self.leader() else { return Ok(()) };
+        let Some(leader) = self.leader() else {
+            return Ok(());
+        };
         let membership = self.membership_of(leader);
         let learners: Vec<NodeId> = membership.learners.iter().copied().collect();
         let voters: Vec<NodeId> = membership.voters.iter().copied().collect();
         let change = if let Some(learner) = self.rng.pick(&learners) {
-            if self.rng.chance(0.8) { MembershipChange::Promote(learner) } else { MembershipChange::Remove(learner) }
+            if self.rng.chance(0.8) {
+                MembershipChange::Promote(learner)
+            } else {
+                MembershipChange::Remove(learner)
+            }
         } else if voters.len() > 3 && self.rng.chance(0.5) {
-            let Some(victim) = self.rng.pick(&voters) else { return Ok(()) };
+            let Some(victim) = self.rng.pick(&voters) else {
+                return Ok(());
+            };
             MembershipChange::Remove(victim)
         } else if voters.len() < 7 {
-            let Some(spare) = self.spares.pop() else { return Ok(()) };
+            let Some(spare) = self.spares.pop() else {
+                return Ok(());
+            };
             self.add_node(spare, Snapshot::bootstrap(Membership::default()));
             MembershipChange::AddLearner(spare)
         } else {
@@ -1001,7 +1345,12 @@ impl World {
         self.duplicate_rate = 0.0;
         self.long_delay_rate = 0.0;
         self.log(|| "heal: every fault repaired".to_string());
-        let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.raft.is_none()).map(|(id, _)| *id).collect();
+        let down: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.raft.is_none())
+            .map(|(id, _)| *id)
+            .collect();
         for id in down {
             self.start_node(id);
         }
@@ -1011,7 +1360,10 @@ impl World {
 fn hole(id: NodeId, e: &crate::disk::HoleError) -> Violation {
     Violation {
         property: "log contract",
-        detail: format!("{id}: append at {} leaves a hole (expected {})", e.got, e.expected),
+        detail: format!(
+            "{id}: append at {} leaves a hole (expected {})",
+            e.got, e.expected
+        ),
     }
 }
 
