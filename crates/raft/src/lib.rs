@@ -103,7 +103,9 @@ pub use error::{
     Busy, ConfigError, MembershipError, NotLeader, ProposeError, ReadError, SnapshotError,
     TransferError,
 };
-pub use message::{AppendResult, ConflictHint, Message, MessageBody, SnapshotResult};
+pub use message::{
+    AppendResult, ConflictHint, MESSAGE_HEADER_BYTES, Message, MessageBody, SnapshotResult,
+};
 pub use node::{Action, PeerStatus, RaftNode, Status};
 pub use types::{
     ENTRY_OVERHEAD_BYTES, Entry, HardState, Index, Membership, MembershipChange, NodeId, Payload,

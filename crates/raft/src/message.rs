@@ -143,11 +143,13 @@ pub enum SnapshotResult {
     },
 }
 
+/// Bytes a message costs besides its entries or snapshot data, for the byte limit.
+pub const MESSAGE_HEADER_BYTES: usize = 32;
+
 impl Message {
     /// Rough size in bytes, for the per-message byte limit.
     pub fn size_bytes(&self) -> usize {
-        const HEADER: usize = 32;
-        HEADER
+        MESSAGE_HEADER_BYTES
             + match &self.body {
                 MessageBody::Append { entries, .. } => entries.iter().map(Entry::size_bytes).sum(),
                 MessageBody::InstallSnapshot { data, .. } => data.len(),

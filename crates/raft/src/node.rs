@@ -15,7 +15,9 @@ use crate::error::{
     TransferError,
 };
 use crate::log::RaftLog;
-use crate::message::{AppendResult, ConflictHint, Message, MessageBody, SnapshotResult};
+use crate::message::{
+    AppendResult, ConflictHint, MESSAGE_HEADER_BYTES, Message, MessageBody, SnapshotResult,
+};
 use crate::progress::{Progress, ReplicationState};
 use crate::rng::SplitMix64;
 use crate::types::{
@@ -361,6 +363,7 @@ impl RaftNode {
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.now += 1;
+        self.expire_forwarded_reads();
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
         } else {
@@ -689,10 +692,16 @@ impl RaftNode {
             && (self.leader.is_some() || self.fresh_start)
     }
 
+    /// Whether this node may start an election: it must be allowed to, and be a voter in
+    /// its newest membership, or, while that membership is uncommitted, in the committed
+    /// one (a server removed by an uncommitted entry must still be able to lead, or the
+    /// cluster can deadlock: dissertation §4.2.2). Its own vote counts only if it is a voter.
     fn can_campaign(&self) -> bool {
-        self.config.campaign
-            && self.installing_snapshot.is_none()
-            && self.log.membership().voters.contains(&self.config.id)
+        let id = self.config.id;
+        let voter_now = self.log.membership().voters.contains(&id);
+        let voter_committed = self.log.membership_index() > self.log.commit
+            && self.log.membership_at(self.log.commit).voters.contains(&id);
+        self.config.campaign && self.installing_snapshot.is_none() && (voter_now || voter_committed)
     }
 
     fn reset_election_timer(&mut self) {
@@ -707,7 +716,6 @@ impl RaftNode {
         if self.election_elapsed >= self.config.election_ticks {
             self.fresh_start = false;
         }
-        self.expire_forwarded_reads();
         if self.election_elapsed < self.election_timeout {
             return;
         }
@@ -717,6 +725,14 @@ impl RaftNode {
             // Nobody has been heard from for a whole timeout: forget the stale hint.
             self.leader = None;
             self.reset_election_timer();
+        }
+    }
+
+    /// Fails every read forwarded to a leader: that leader's term is over.
+    fn fail_forwarded_reads(&mut self, leader_hint: Option<NodeId>) {
+        for id in std::mem::take(&mut self.forwarded_reads).into_keys() {
+            let error = ReadError::NotLeader(NotLeader { leader_hint });
+            self.output.push(Action::ReadFailed { id, error });
         }
     }
 
@@ -762,6 +778,7 @@ impl RaftNode {
 
     fn start_election(&mut self, transfer: bool) {
         self.fail_leader_state();
+        self.fail_forwarded_reads(None);
         self.term = self.term.next();
         self.vote = Some(self.config.id);
         self.leader = None;
@@ -828,9 +845,10 @@ impl RaftNode {
     }
 
     fn handle_pre_vote(&mut self, from: NodeId, term: Term, last_index: Index, last_term: Term) {
+        // Whether this node is a voter does not matter: a server votes even if its own
+        // membership lags (dissertation §4.1); only the candidate decides whose votes count.
         let granted = term > self.term
             && !self.in_lease()
-            && self.log.membership().voters.contains(&self.config.id)
             && (self.config.has_bug(Bug::VoteWithoutLogCheck)
                 || self.log.is_up_to_date(last_index, last_term));
         let reply_term = if granted { term } else { self.term };
@@ -845,7 +863,6 @@ impl RaftNode {
     fn handle_vote(&mut self, from: NodeId, last_index: Index, last_term: Term) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
         let granted = can_vote
-            && self.log.membership().voters.contains(&self.config.id)
             && (self.config.has_bug(Bug::VoteWithoutLogCheck)
                 || self.log.is_up_to_date(last_index, last_term));
         if granted {
@@ -898,21 +915,14 @@ impl RaftNode {
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
-        self.fail_leader_state();
+        self.fail_leader_state_with_hint(leader);
         if term > self.term {
             self.term = term;
             self.vote = None;
             self.verified_index = Index(0);
             self.acked_index = Index(0);
             self.save_hard_state();
-            let hint = leader;
-            let failed: Vec<ReadId> = std::mem::take(&mut self.forwarded_reads)
-                .into_keys()
-                .collect();
-            for id in failed {
-                let error = ReadError::NotLeader(NotLeader { leader_hint: hint });
-                self.output.push(Action::ReadFailed { id, error });
-            }
+            self.fail_forwarded_reads(leader);
         }
         self.role = RoleState::Follower;
         self.leader = leader;
@@ -921,6 +931,11 @@ impl RaftNode {
 
     /// Ends leadership: reads waiting on it fail.
     fn fail_leader_state(&mut self) {
+        self.fail_leader_state_with_hint(None);
+    }
+
+    /// Ends leadership: reads waiting on it fail, pointing at `leader_hint`.
+    fn fail_leader_state_with_hint(&mut self, leader_hint: Option<NodeId>) {
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
@@ -931,7 +946,7 @@ impl RaftNode {
             .chain(leader.waiting_reads.drain(..))
             .collect();
         self.role = RoleState::Follower;
-        self.leader = None;
+        self.leader = leader_hint;
         for origin in origins {
             self.answer_read(origin, None);
         }
@@ -961,7 +976,7 @@ impl RaftNode {
             commit_notified: self.log.commit,
             transfer: None,
             check_quorum_ticks: 0,
-            uncommitted_bytes: self.log.uncommitted_bytes(),
+            uncommitted_bytes: 0,
         }));
         self.leader = Some(id);
         self.heartbeat_elapsed = 0;
@@ -971,6 +986,10 @@ impl RaftNode {
             index: next,
             payload: Payload::Noop,
         });
+        let uncommitted = self.log.uncommitted_bytes();
+        if let RoleState::Leader(leader) = &mut self.role {
+            leader.uncommitted_bytes = uncommitted;
+        }
         self.emit_log_writes();
         self.maybe_commit();
     }
@@ -1064,22 +1083,30 @@ impl RaftNode {
         self.confirm_reads();
     }
 
-    /// A follower in Replicate state that made no progress across a whole heartbeat
-    /// interval while entries were in flight lost a message: probe it again.
+    /// A follower in Replicate state that made no progress across heartbeat intervals
+    /// while entries were in flight lost a message: probe it again.
     fn probe_stalled_followers(&mut self) {
         let last = self.log.last_index();
         let RoleState::Leader(leader) = &mut self.role else {
             return;
         };
         for p in leader.progress.values_mut() {
-            let stalled = p.state == ReplicationState::Replicate
+            let stuck = p.state == ReplicationState::Replicate
                 && p.match_index < last
                 && p.match_index == p.match_at_last_heartbeat;
-            if stalled {
+            if !stuck {
+                p.stalled_heartbeats = 0;
+                p.match_at_last_heartbeat = p.match_index;
+                continue;
+            }
+            // Two whole heartbeat intervals without progress: a slow disk would have
+            // answered by now, so a message was lost.
+            p.stalled_heartbeats += 1;
+            if p.stalled_heartbeats >= 2 {
+                p.stalled_heartbeats = 0;
                 let next = p.match_index.next();
                 p.become_probe(next);
             }
-            p.match_at_last_heartbeat = p.match_index;
         }
     }
 
@@ -1162,9 +1189,13 @@ impl RaftNode {
         } else {
             steady
         };
+        let entry_bytes_max = self
+            .config
+            .max_msg_bytes
+            .saturating_sub(MESSAGE_HEADER_BYTES);
         let entries = self
             .log
-            .slice(p.next_index, last, max_count, self.config.max_msg_bytes);
+            .slice(p.next_index, last, max_count, entry_bytes_max);
         let outcome = match p.state {
             ReplicationState::Replicate => {
                 let Some(last_sent) = entries.last().map(|e| e.index) else {
@@ -1417,6 +1448,12 @@ impl RaftNode {
             }
         }
         if removed {
+            // Tell the followers that the removal committed before going quiet, so that
+            // they need not wait for an election to learn it.
+            let peers: Vec<NodeId> = leader.progress.keys().copied().collect();
+            for peer in peers {
+                self.notify_commit(peer);
+            }
             self.become_follower(self.term, None);
         }
     }
@@ -1717,11 +1754,24 @@ impl RaftNode {
         }));
     }
 
+    /// Queues the term and vote for durability. A save not yet followed by any send is
+    /// replaced rather than repeated: nothing has depended on it yet, so one fsync does.
     fn save_hard_state(&mut self) {
-        self.output.push(Action::SaveHardState(HardState {
+        let hard_state = HardState {
             term: self.term,
             vote: self.vote,
-        }));
+        };
+        for action in self.output.iter_mut().rev() {
+            match action {
+                Action::Send(_) => break,
+                Action::SaveHardState(previous) => {
+                    *previous = hard_state;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.output.push(Action::SaveHardState(hard_state));
     }
 
     /// Hands new log entries to the driver, merged into the previous `Append` action when

@@ -45,6 +45,8 @@ pub(crate) struct Progress {
     /// `match_index` when the previous heartbeat answer arrived: no change across a
     /// heartbeat while behind means a message was lost.
     pub match_at_last_heartbeat: Index,
+    /// Heartbeat intervals in a row without progress while behind.
+    pub stalled_heartbeats: u32,
 }
 
 impl Progress {
@@ -58,6 +60,7 @@ impl Progress {
             recent_active: false,
             read_round: 0,
             match_at_last_heartbeat: Index(0),
+            stalled_heartbeats: 0,
         }
     }
 

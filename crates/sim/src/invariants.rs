@@ -39,6 +39,9 @@ pub struct Invariants {
     entries: HashMap<(Index, Term), (u64, Option<Term>)>,
     /// index -> (term, payload hash) of every entry any node applied.
     applied: BTreeMap<Index, (Term, u64)>,
+    /// index -> the lowest term in which any node applied it: an upper bound on the term
+    /// in which it committed (the committing leader applies it in its own term).
+    applied_in_term: BTreeMap<Index, Term>,
     /// Nodes known to lead now, with their term, to spot new leaders.
     leading: BTreeMap<NodeId, Term>,
 }
@@ -86,6 +89,12 @@ impl Invariants {
 
     fn check_completeness(&self, node: &RaftNode) -> Result<(), Violation> {
         for (index, (term, _)) in self.applied.range(node.snapshot_index().next()..) {
+            // Only entries committed in an earlier term bind this leader: one elected by
+            // votes cast before the entry committed may legitimately lack it.
+            let committed_in = self.applied_in_term.get(index).copied().unwrap_or_default();
+            if committed_in >= node.term() {
+                continue;
+            }
             if node.entry_term(*index) != Some(*term) {
                 return violation(
                     "leader completeness (§5.4)",
@@ -136,8 +145,15 @@ impl Invariants {
     }
 
     /// §5.4.3 State Machine Safety: no two nodes apply different entries at one index.
-    pub fn check_apply(&mut self, node: NodeId, entries: &[Entry]) -> Result<(), Violation> {
+    pub fn check_apply(
+        &mut self,
+        node: NodeId,
+        node_term: Term,
+        entries: &[Entry],
+    ) -> Result<(), Violation> {
         for entry in entries {
+            let lowest = self.applied_in_term.entry(entry.index).or_insert(node_term);
+            *lowest = (*lowest).min(node_term);
             let seen = (entry.term, entry_hash(entry));
             match self.applied.get(&entry.index) {
                 None => {

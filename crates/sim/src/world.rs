@@ -806,7 +806,12 @@ impl World {
     }
 
     fn apply(&mut self, id: NodeId, entries: Vec<rkv_raft::Entry>) -> Result<(), Violation> {
-        self.invariants.check_apply(id, &entries)?;
+        let term = self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.raft.as_ref())
+            .map_or(Term(0), RaftNode::term);
+        self.invariants.check_apply(id, term, &entries)?;
         let mut replies = Vec::new();
         let Some(node) = self.nodes.get_mut(&id) else {
             return Ok(());
