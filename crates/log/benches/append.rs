@@ -1,0 +1,108 @@
+//! `cargo bench -p rkv-log`: appends/s and fdatasyncs/s of `FileLog` for batch sizes
+//! 1, 16, 256 and entry sizes 16 B, 256 B, 4 KiB, beside a baseline measured in the same
+//! run: a bare loop of `write` + `fdatasync` of the same bytes on a plain file. The ratio
+//! is the log's fdatasyncs/s over the baseline's. `-- --test` runs a few iterations only.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rkv_log::{FileLog, FileLogOptions, LogStore};
+use rkv_raft::{Entry, Index, Payload, Term};
+
+const BATCHES: [usize; 3] = [1, 16, 256];
+const SIZES: [usize; 3] = [16, 256, 4096];
+
+struct Cell {
+    syncs: u64,
+    elapsed: Duration,
+}
+
+impl Cell {
+    fn per_second(&self, n: u64) -> f64 {
+        n as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs `step` until `budget` has passed (or `max_iterations`), returning the count.
+fn measure(budget: Duration, max_iterations: u64, mut step: impl FnMut()) -> Cell {
+    let start = Instant::now();
+    let mut syncs = 0;
+    while syncs < max_iterations && (syncs == 0 || start.elapsed() < budget) {
+        step();
+        syncs += 1;
+    }
+    Cell {
+        syncs,
+        elapsed: start.elapsed(),
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--test");
+    let (budget, max_iterations) = if quick {
+        (Duration::from_millis(20), 5)
+    } else {
+        (Duration::from_millis(400), u64::MAX)
+    };
+    let root = tempfile::Builder::new()
+        .prefix("rkv-log-bench")
+        .tempdir_in(std::env::temp_dir())
+        .expect("temp dir");
+    println!(
+        "rkv-log append benchmark (dir {}); each cell ~{budget:?}",
+        root.path().display()
+    );
+    println!(
+        "{:>6} {:>6} | {:>12} {:>10} | {:>12} {:>10} | {:>6}",
+        "batch", "entry", "log app/s", "log sync/s", "base app/s", "base sync/s", "ratio"
+    );
+    for &size in &SIZES {
+        for &batch in &BATCHES {
+            let dir = root.path().join(format!("log-{batch}-{size}"));
+            let (mut log, _, _) = FileLog::open_dir(&dir, FileLogOptions::default()).expect("open");
+            let payload = Bytes::from(vec![0xabu8; size]);
+            let mut next = 1u64;
+            let log_cell = measure(budget, max_iterations, || {
+                let entries: Vec<Entry> = (next..next + batch as u64)
+                    .map(|i| Entry {
+                        term: Term(1),
+                        index: Index(i),
+                        payload: Payload::Command(payload.clone()),
+                    })
+                    .collect();
+                next += batch as u64;
+                log.append(&entries).expect("append");
+                log.sync().expect("sync");
+            });
+            drop(log);
+
+            // The baseline writes the same number of bytes per sync as the log does.
+            let record = rkv_log::format::RECORD_HEADER_BYTES + size;
+            let buffer = vec![0xabu8; record * batch];
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(root.path().join(format!("base-{batch}-{size}")))
+                .expect("baseline file");
+            let base_cell = measure(budget, max_iterations, || {
+                file.write_all(&buffer).expect("write");
+                file.sync_data().expect("fdatasync");
+            });
+            let log_syncs = log_cell.per_second(log_cell.syncs);
+            let base_syncs = base_cell.per_second(base_cell.syncs);
+            println!(
+                "{:>6} {:>6} | {:>12.0} {:>10.0} | {:>12.0} {:>10.0} | {:>6.2}",
+                batch,
+                size,
+                log_syncs * batch as f64,
+                log_syncs,
+                base_syncs * batch as f64,
+                base_syncs,
+                log_syncs / base_syncs
+            );
+        }
+    }
+}
