@@ -57,7 +57,7 @@ use rkv_raft::{Entry, HardState, Index, Recovered, Snapshot, SnapshotMeta, Term}
 pub use error::{Actor, Corruption, LogError};
 pub use file::{FileLog, FileLogOptions};
 pub use mem::MemLog;
-pub use writer::{LogWriter, Request, WriterError, WriterEvent};
+pub use writer::{BATCH_REQUESTS_MAX, LogWriter, Request, WriterError, WriterEvent};
 
 /// The durable log and hard state of one Raft node.
 ///

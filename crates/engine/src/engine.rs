@@ -1,0 +1,664 @@
+//! The node task and its handle.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rkv_log::{
+    FileLog, FileLogOptions, LogStore, LogWriter, Request, SyncPolicy, WriterError, WriterEvent,
+};
+use rkv_raft::{
+    Action, Config, Entry, HardState, Index, Membership, MembershipChange, Message, NodeId,
+    Payload, RaftNode, ReadId, ReadMode, Role, Snapshot, Status, Term,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{EngineError, StartError};
+use crate::state_machine::StateMachine;
+use crate::transport::{PeerInbox, Transport};
+
+/// How a read is confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadLevel {
+    /// ReadIndex: confirmed by a quorum heartbeat round; never stale.
+    Linearizable,
+    /// The leader's lease (CheckQuorum on; assumes clocks tick at about the same rate).
+    Lease,
+    /// This replica's state as it is: fast, may lag.
+    Stale,
+}
+
+/// Settings of one node.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The Raft core's settings (its `id` is this node's id).
+    pub raft: Config,
+    /// How long one tick lasts.
+    pub tick: Duration,
+    /// Where the log, hard state and snapshots live.
+    pub data_dir: PathBuf,
+    /// When to fdatasync.
+    pub sync: SyncPolicy,
+    /// Recent entries the log keeps in memory.
+    pub cache_entries: usize,
+    /// Take a snapshot (and compact the log) after this many applied entries.
+    pub snapshot_entries: u64,
+    /// The founding voters, used only if the data directory holds no state yet. `None`
+    /// starts a node that waits to be added to an existing cluster.
+    pub bootstrap: Option<Membership>,
+    /// Capacity of the request mailbox; a full mailbox answers Busy.
+    pub mailbox_capacity: usize,
+    /// Requests queued for the log writer before the node task waits for it.
+    pub log_queue_capacity: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for node `id` storing its state in `data_dir`.
+    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            raft: Config::new(id),
+            tick: Duration::from_millis(10),
+            data_dir: data_dir.into(),
+            sync: SyncPolicy::Always,
+            cache_entries: 4096,
+            snapshot_entries: 100_000,
+            bootstrap: None,
+            mailbox_capacity: 65_536,
+            log_queue_capacity: 65_536,
+        }
+    }
+}
+
+/// What every handle can see of the node at any moment without asking it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// The node's role.
+    pub role: Role,
+    /// Its term.
+    pub term: Term,
+    /// The leader it follows.
+    pub leader: Option<NodeId>,
+    /// Its commit index.
+    pub commit: Index,
+    /// The index its state machine has applied.
+    pub applied: Index,
+    /// Why it stopped, if it did.
+    pub stopped: Option<String>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+type ReadFn<S> = Box<dyn FnOnce(Result<&S, EngineError>) + Send>;
+
+enum Input<S: StateMachine> {
+    Propose {
+        command: Bytes,
+        reply: Reply<S::Output>,
+    },
+    Read {
+        level: ReadLevel,
+        run: ReadFn<S>,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Reply<Index>,
+    },
+    Transfer {
+        target: NodeId,
+        reply: Reply<()>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+}
+
+/// A handle to a running node. Cheap to clone; the node stops when every handle is dropped.
+pub struct Engine<S: StateMachine> {
+    id: NodeId,
+    inbox: mpsc::Sender<Input<S>>,
+    peers: PeerInbox,
+    observed: watch::Receiver<Observed>,
+}
+
+impl<S: StateMachine> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Engine {
+            id: self.id,
+            inbox: self.inbox.clone(),
+            peers: self.peers.clone(),
+            observed: self.observed.clone(),
+        }
+    }
+}
+
+impl<S: StateMachine> Engine<S> {
+    /// Opens (or creates) the node's data directory, recovers its state and starts the
+    /// node task on the current tokio runtime (which must be multi-threaded: the node
+    /// task may wait on the log writer when its queue is full).
+    pub fn start(
+        config: EngineConfig,
+        mut state_machine: S,
+        transport: impl Transport,
+    ) -> Result<Engine<S>, StartError> {
+        config.raft.validate().map_err(StartError::Config)?;
+        let options = FileLogOptions {
+            sync: config.sync,
+            cache_entries: config.cache_entries,
+            ..FileLogOptions::default()
+        };
+        let (mut store, mut recovered, report) =
+            FileLog::open_dir(config.data_dir.join("log"), options).map_err(StartError::Log)?;
+        if report.torn_tail.is_some() || report.repaired.is_some() {
+            tracing::warn!(?report, "log recovery cut a torn tail");
+        }
+        let fresh = recovered.snapshot.meta.index == Index(0)
+            && recovered.entries.is_empty()
+            && recovered.hard_state == HardState::default()
+            && recovered.snapshot.meta.membership == Membership::default();
+        if fresh && let Some(membership) = &config.bootstrap {
+            let snapshot = Snapshot::bootstrap(membership.clone());
+            store.save_snapshot(&snapshot).map_err(StartError::Log)?;
+            recovered.snapshot = snapshot;
+        }
+        if recovered.snapshot.meta.index > Index(0) {
+            state_machine
+                .restore(&recovered.snapshot)
+                .map_err(StartError::Snapshot)?;
+        }
+        let snapshot_index = recovered.snapshot.meta.index;
+        let seed = seed_for(config.raft.id);
+        let raft =
+            RaftNode::new(config.raft.clone(), recovered, seed).map_err(StartError::Config)?;
+
+        // Writer events: at most one per request, so this capacity is never reached and
+        // the writer thread never waits on the node task (which may wait on the writer).
+        let (log_tx, log_rx) =
+            mpsc::channel(config.log_queue_capacity + rkv_log::BATCH_REQUESTS_MAX + 16);
+        let writer = LogWriter::spawn(store, config.log_queue_capacity, move |event| {
+            let _ = log_tx.blocking_send(event);
+        });
+        let (inbox, inbox_rx) = mpsc::channel(config.mailbox_capacity);
+        let (peers, peers_rx) = mpsc::channel(config.mailbox_capacity);
+        let observed = Observed {
+            role: raft.role(),
+            term: raft.term(),
+            leader: raft.leader(),
+            commit: raft.commit_index(),
+            applied: snapshot_index,
+            stopped: None,
+        };
+        let (observed_tx, observed_rx) = watch::channel(observed);
+        let node = Node {
+            raft,
+            state_machine,
+            transport,
+            writer: Some(writer),
+            proposals: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_read: 0,
+            ready_reads: VecDeque::new(),
+            deferred: VecDeque::new(),
+            awaiting_hard_state: None,
+            applied: snapshot_index,
+            last_snapshot: snapshot_index,
+            snapshot_entries: config.snapshot_entries,
+            own_snapshot: None,
+            installing: None,
+            observed: observed_tx,
+            stopped: None,
+        };
+        let tick = config.tick;
+        tokio::spawn(node.run(inbox_rx, peers_rx, log_rx, tick));
+        Ok(Engine {
+            id: config.raft.id,
+            inbox,
+            peers,
+            observed: observed_rx,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Where a transport delivers this node's inbound peer messages.
+    pub fn peer_inbox(&self) -> PeerInbox {
+        self.peers.clone()
+    }
+
+    /// The latest observed state.
+    pub fn observed(&self) -> Observed {
+        self.observed.borrow().clone()
+    }
+
+    /// A receiver that changes whenever the observed state does.
+    pub fn watch(&self) -> watch::Receiver<Observed> {
+        self.observed.clone()
+    }
+
+    fn submit(&self, input: Input<S>) -> Result<(), EngineError> {
+        self.inbox.try_send(input).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                EngineError::Busy("the node's mailbox is full".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => EngineError::Stopped(self.stop_reason()),
+        })
+    }
+
+    fn stop_reason(&self) -> String {
+        self.observed
+            .borrow()
+            .stopped
+            .clone()
+            .unwrap_or_else(|| "shut down".into())
+    }
+
+    async fn wait<T>(
+        &self,
+        rx: oneshot::Receiver<Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
+        rx.await
+            .unwrap_or_else(|_| Err(EngineError::Stopped(self.stop_reason())))
+    }
+
+    /// Proposes a command; resolves once it is applied, with the state machine's output.
+    /// A proposal that is never applied (the leader lost its place) may also never
+    /// resolve: callers bound the wait and then treat the outcome as unknown.
+    pub async fn propose(&self, command: Bytes) -> Result<S::Output, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::Propose { command, reply })?;
+        self.wait(rx).await
+    }
+
+    /// Runs `read` against the state machine once it is safe at `level`.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        level: ReadLevel,
+        read: impl FnOnce(&S) -> R + Send + 'static,
+    ) -> Result<R, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let run: ReadFn<S> = Box::new(move |state| {
+            let _ = reply.send(state.map(read));
+        });
+        self.submit(Input::Read { level, run })?;
+        self.wait(rx).await
+    }
+
+    /// Changes the membership; resolves once the change is applied.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<Index, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::ChangeMembership { change, reply })?;
+        self.wait(rx).await
+    }
+
+    /// Starts handing leadership to `target`.
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::Transfer { target, reply })?;
+        self.wait(rx).await
+    }
+
+    /// The core's full status (membership, per-peer progress, ...).
+    pub async fn status(&self) -> Result<Status, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Input::Status { reply })?;
+        rx.await
+            .map_err(|_| EngineError::Stopped(self.stop_reason()))
+    }
+
+    /// Waits until the observed state satisfies `condition` or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut(&Observed) -> bool,
+    ) -> Option<Observed> {
+        let mut rx = self.observed.clone();
+        tokio::time::timeout(timeout, async {
+            loop {
+                let seen = rx.borrow_and_update().clone();
+                if condition(&seen) {
+                    return Some(seen);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// A seed for election timeouts: different per node and per start.
+fn seed_for(id: NodeId) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The task that owns the core, the state machine and the writer.
+struct Node<S: StateMachine, T: Transport> {
+    raft: RaftNode,
+    state_machine: S,
+    transport: T,
+    writer: Option<LogWriter<FileLog>>,
+    /// index -> (term, reply) of proposals made here.
+    proposals: BTreeMap<Index, (Term, Reply<S::Output>)>,
+    /// index -> (term, reply) of membership changes made here.
+    changes: BTreeMap<Index, (Term, Reply<Index>)>,
+    reads: BTreeMap<ReadId, ReadFn<S>>,
+    next_read: u64,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    ready_reads: VecDeque<(Index, ReadFn<S>)>,
+    /// Actions held back until the hard state in `awaiting_hard_state` is durable.
+    deferred: VecDeque<Action>,
+    awaiting_hard_state: Option<HardState>,
+    applied: Index,
+    last_snapshot: Index,
+    snapshot_entries: u64,
+    /// A snapshot of ours being made durable: (index, data).
+    own_snapshot: Option<(Index, Bytes)>,
+    /// A snapshot from the leader being made durable.
+    installing: Option<Index>,
+    observed: watch::Sender<Observed>,
+    stopped: Option<String>,
+}
+
+/// Inputs handled before the node looks at its other queues again: keeps one busy queue
+/// from starving the rest while still batching work between flushes.
+const BATCH_INPUTS_MAX: usize = 1024;
+
+impl<S: StateMachine, T: Transport> Node<S, T> {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Input<S>>,
+        mut peers: mpsc::Receiver<Vec<Message>>,
+        mut log_events: mpsc::Receiver<WriterEvent>,
+        tick: Duration,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while self.stopped.is_none() {
+            tokio::select! {
+                biased;
+                Some(event) = log_events.recv() => {
+                    self.on_log_event(event);
+                    while let Ok(event) = log_events.try_recv() {
+                        self.on_log_event(event);
+                    }
+                }
+                Some(messages) = peers.recv() => {
+                    self.on_peer_messages(messages);
+                    for _ in 0..BATCH_INPUTS_MAX {
+                        let Ok(messages) = peers.try_recv() else { break };
+                        self.on_peer_messages(messages);
+                    }
+                }
+                input = inbox.recv() => {
+                    let Some(input) = input else { break };
+                    self.on_input(input);
+                    for _ in 0..BATCH_INPUTS_MAX {
+                        let Ok(input) = inbox.try_recv() else { break };
+                        self.on_input(input);
+                    }
+                }
+                _ = ticker.tick() => self.raft.tick(),
+            }
+            let actions = self.raft.take_actions();
+            self.perform(actions);
+            self.publish();
+        }
+        self.shutdown();
+    }
+
+    fn on_peer_messages(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            self.raft.step(message);
+        }
+    }
+
+    fn on_input(&mut self, input: Input<S>) {
+        match input {
+            Input::Propose { command, reply } => match self.raft.propose(command) {
+                Ok((term, index)) => {
+                    self.proposals.insert(index, (term, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Input::Read {
+                level: ReadLevel::Stale,
+                run,
+            } => run(Ok(&self.state_machine)),
+            Input::Read { level, run } => {
+                self.next_read += 1;
+                let id = ReadId(self.next_read);
+                let mode = match level {
+                    ReadLevel::Lease => ReadMode::Lease,
+                    _ => ReadMode::Linearizable,
+                };
+                match self.raft.read(id, mode) {
+                    Ok(()) => {
+                        self.reads.insert(id, run);
+                    }
+                    Err(e) => run(Err(e.into())),
+                }
+            }
+            Input::ChangeMembership { change, reply } => {
+                match self.raft.change_membership(change) {
+                    Ok(index) => {
+                        self.changes.insert(index, (self.raft.term(), reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Input::Transfer { target, reply } => {
+                let _ = reply.send(self.raft.transfer_leadership(target).map_err(Into::into));
+            }
+            Input::Status { reply } => {
+                let _ = reply.send(self.raft.status());
+            }
+        }
+    }
+
+    fn on_log_event(&mut self, event: WriterEvent) {
+        match event {
+            WriterEvent::Durable { index, term } => self.raft.persisted(index, term),
+            WriterEvent::HardStateSaved(saved) => {
+                if self.awaiting_hard_state == Some(saved) {
+                    self.awaiting_hard_state = None;
+                    let deferred: Vec<Action> = self.deferred.drain(..).collect();
+                    self.perform(deferred);
+                }
+            }
+            WriterEvent::SnapshotSaved(meta) => {
+                if self.installing == Some(meta.index) {
+                    self.installing = None;
+                    self.raft.snapshot_installed(meta.index);
+                } else if let Some((index, data)) = self.own_snapshot.take()
+                    && index == meta.index
+                    && self.raft.snapshot_taken(index, data).is_ok()
+                {
+                    self.last_snapshot = index;
+                }
+            }
+            WriterEvent::Compacted(_) => {}
+            WriterEvent::Failed(e) => {
+                tracing::error!(error = %e, "the log failed; the node stops");
+                self.stopped = Some(format!("log failure: {e}"));
+            }
+        }
+    }
+
+    /// Performs actions in order, holding everything after a `SaveHardState` back until
+    /// the writer reports it durable (the core's ordering contract, step 1).
+    fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            if self.awaiting_hard_state.is_some() {
+                self.deferred.push_back(action);
+                continue;
+            }
+            match action {
+                Action::SaveHardState(hard_state) => {
+                    self.awaiting_hard_state = Some(hard_state);
+                    self.write(Request::SaveHardState(hard_state));
+                }
+                Action::Append(entries) => self.write(Request::Append(entries)),
+                Action::Send(message) => self.transport.send(message),
+                Action::Apply(entries) => self.apply(entries),
+                Action::InstallSnapshot(snapshot) => {
+                    if let Err(e) = self.state_machine.restore(&snapshot) {
+                        tracing::error!(error = %e, "the leader's snapshot is corrupt; the node stops");
+                        self.stopped = Some(format!("corrupt snapshot from the leader: {e}"));
+                        return;
+                    }
+                    self.applied = snapshot.meta.index;
+                    self.last_snapshot = snapshot.meta.index;
+                    self.installing = Some(snapshot.meta.index);
+                    self.fail_superseded_proposals();
+                    self.write(Request::SaveSnapshot(snapshot));
+                }
+                Action::CompactLog(index) => self.write(Request::Compact(index)),
+                Action::ReadReady { id, index } => {
+                    if let Some(run) = self.reads.remove(&id) {
+                        if index <= self.applied {
+                            run(Ok(&self.state_machine));
+                        } else {
+                            self.ready_reads.push_back((index, run));
+                        }
+                    }
+                }
+                Action::ReadFailed { id, error } => {
+                    if let Some(run) = self.reads.remove(&id) {
+                        run(Err(error.into()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a request for the log writer, waiting for room if its queue is full.
+    fn write(&mut self, request: Request) {
+        let Some(writer) = &self.writer else { return };
+        let result = match writer.try_submit(request) {
+            Err(WriterError::Busy(request)) => {
+                tokio::task::block_in_place(|| writer.submit(request))
+            }
+            other => other,
+        };
+        if let Err(e) = result {
+            self.stopped = Some(format!("the log writer stopped: {e}"));
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            match &entry.payload {
+                Payload::Command(command) => {
+                    let output = self.state_machine.apply(entry.index, command);
+                    if let Some((term, reply)) = self.proposals.remove(&entry.index) {
+                        let _ = reply.send(if term == entry.term {
+                            Ok(output)
+                        } else {
+                            Err(EngineError::Dropped)
+                        });
+                    }
+                }
+                Payload::Noop | Payload::Membership(_) => {
+                    self.state_machine.apply_noop(entry.index);
+                    if let Some((term, reply)) = self.changes.remove(&entry.index) {
+                        let ok =
+                            term == entry.term && matches!(entry.payload, Payload::Membership(_));
+                        let _ = reply.send(if ok {
+                            Ok(entry.index)
+                        } else {
+                            Err(EngineError::Dropped)
+                        });
+                    }
+                }
+            }
+            self.applied = entry.index;
+        }
+        self.fail_superseded_proposals();
+        while self
+            .ready_reads
+            .front()
+            .is_some_and(|(index, _)| *index <= self.applied)
+        {
+            if let Some((_, run)) = self.ready_reads.pop_front() {
+                run(Ok(&self.state_machine));
+            }
+        }
+        self.maybe_snapshot();
+    }
+
+    /// Proposals at or below the applied index that were not answered lost their place.
+    fn fail_superseded_proposals(&mut self) {
+        let keep = self.proposals.split_off(&self.applied.next());
+        for (_, (_, reply)) in std::mem::replace(&mut self.proposals, keep) {
+            let _ = reply.send(Err(EngineError::Dropped));
+        }
+        let keep = self.changes.split_off(&self.applied.next());
+        for (_, (_, reply)) in std::mem::replace(&mut self.changes, keep) {
+            let _ = reply.send(Err(EngineError::Dropped));
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let due = self.applied.0 >= self.last_snapshot.0 + self.snapshot_entries;
+        if !due || self.own_snapshot.is_some() || self.installing.is_some() {
+            return;
+        }
+        let Some(meta) = self.raft.snapshot_meta(self.applied) else {
+            return;
+        };
+        let data = self.state_machine.snapshot();
+        self.own_snapshot = Some((meta.index, data.clone()));
+        self.write(Request::SaveSnapshot(Snapshot { meta, data }));
+    }
+
+    fn publish(&mut self) {
+        let observed = Observed {
+            role: self.raft.role(),
+            term: self.raft.term(),
+            leader: self.raft.leader(),
+            commit: self.raft.commit_index(),
+            applied: self.applied,
+            stopped: self.stopped.clone(),
+        };
+        self.observed.send_if_modified(|current| {
+            if *current == observed {
+                return false;
+            }
+            *current = observed;
+            true
+        });
+    }
+
+    fn shutdown(&mut self) {
+        let reason = self.stopped.clone().unwrap_or_else(|| "shut down".into());
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            let _ = reply.send(Err(EngineError::Stopped(reason.clone())));
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.changes) {
+            let _ = reply.send(Err(EngineError::Stopped(reason.clone())));
+        }
+        for (_, run) in std::mem::take(&mut self.reads) {
+            run(Err(EngineError::Stopped(reason.clone())));
+        }
+        for (_, run) in std::mem::take(&mut self.ready_reads) {
+            run(Err(EngineError::Stopped(reason.clone())));
+        }
+        self.publish();
+        if let Some(writer) = self.writer.take() {
+            tokio::task::block_in_place(|| drop(writer.close()));
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The engine behind `rkvd`: one node of a cluster, put to work.
+//!
+//! `rkv-raft` decides; this crate does. An [`Engine`] runs the pure Raft core on one
+//! tokio task that owns it (and the state machine) behind a bounded mailbox, writes the
+//! log through `rkv-log`'s group-committing writer thread, hands messages to a
+//! [`Transport`], applies committed entries and answers proposals and reads. Front ends
+//! (gRPC, HTTP, text protocols) talk only to an [`Engine`].
+//!
+//! ```text
+//!  proposals, reads ─┐                         ┌──▶ LogWriter thread (write + fdatasync)
+//!  peer messages ────┼──▶ mailbox ──▶ node task ┼──▶ Transport (peers)
+//!  log durability ───┘   (bounded)   owns core  └──▶ state machine (apply, reads)
+//! ```
+//!
+//! The driver keeps the core's ordering contract (see `rkv_raft`'s crate docs): a
+//! `SaveHardState` is durable before any later action runs, entries go to the writer
+//! and come back as "persisted" reports, messages to followers leave while the leader's
+//! own fsync runs, and a snapshot is durable before the core is told about it.
+
+mod engine;
+mod error;
+mod state_machine;
+pub mod transport;
+
+pub use engine::{Engine, EngineConfig, Observed, ReadLevel};
+pub use error::{EngineError, StartError};
+pub use state_machine::StateMachine;
+pub use transport::Transport;
