@@ -20,9 +20,11 @@
 mod engine;
 mod error;
 mod state_machine;
+mod tcp;
 pub mod transport;
 
 pub use engine::{Engine, EngineConfig, Observed, ReadLevel};
 pub use error::{EngineError, StartError};
 pub use state_machine::StateMachine;
+pub use tcp::{TcpTransport, TransportStats};
 pub use transport::Transport;

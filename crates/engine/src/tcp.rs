@@ -1,0 +1,362 @@
+//! The real transport: Raft messages between processes over TCP, in the peer protocol
+//! of `rkv-wire` (`crates/wire/PEER.md`).
+//!
+//! Each node dials every peer it sends to, once, and keeps that connection for its
+//! outbound messages; it accepts the connections its peers dial for their inbound ones.
+//! Per peer, one task drains a bounded queue: whatever has queued up while the last
+//! frame was written goes out together in the next frame (batching under load, one
+//! message per frame when idle). A full queue drops the message (Raft retransmits) and
+//! counts it. A lost connection is redialled with back-off. Both sides check each
+//! other's HELLO: a peer from another cluster, or one that is not who we dialled, is
+//! refused with a reason the other side can print.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rkv_raft::{Message, NodeId};
+use rkv_wire::peer::{DEFAULT_MAX_FRAME_BYTES, Frame, FrameCodec, Hello, WireError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::transport::{PeerInbox, Transport};
+
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE_MESSAGES: usize = 8192;
+/// Messages put in one frame at most.
+const FRAME_MESSAGES_MAX: usize = 1024;
+/// Longest wait for a peer's HELLO.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Counters a status page or metrics endpoint can read.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Messages dropped because a peer's queue was full or its address unknown.
+    pub dropped: AtomicU64,
+    /// Connections made to peers (including reconnections).
+    pub connects: AtomicU64,
+    /// Connections refused in the handshake (either side).
+    pub handshake_failures: AtomicU64,
+}
+
+/// The TCP transport of one node.
+#[derive(Clone, Debug)]
+pub struct TcpTransport {
+    local: NodeId,
+    cluster_id: u64,
+    addresses: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
+    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    stats: Arc<TransportStats>,
+}
+
+impl TcpTransport {
+    /// A transport for node `local` of cluster `cluster_id`, knowing its peers' addresses.
+    pub fn new(
+        local: NodeId,
+        cluster_id: u64,
+        addresses: BTreeMap<NodeId, SocketAddr>,
+    ) -> TcpTransport {
+        TcpTransport {
+            local,
+            cluster_id,
+            addresses: Arc::new(RwLock::new(addresses)),
+            queues: BTreeMap::new(),
+            stats: Arc::new(TransportStats::default()),
+        }
+    }
+
+    /// Learns (or changes) a peer's address, e.g. when a server is added.
+    pub fn set_address(&self, node: NodeId, address: SocketAddr) {
+        if let Ok(mut addresses) = self.addresses.write() {
+            addresses.insert(node, address);
+        }
+    }
+
+    /// The transport's counters.
+    pub fn stats(&self) -> Arc<TransportStats> {
+        self.stats.clone()
+    }
+
+    /// Accepts peer connections on `listener` and delivers their messages to `inbox`.
+    /// Runs until the inbox closes (the node stopped).
+    pub async fn serve(&self, listener: TcpListener, inbox: PeerInbox) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            if inbox.is_closed() {
+                return;
+            }
+            let _ = stream.set_nodelay(true);
+            let (cluster_id, local, inbox, stats) = (
+                self.cluster_id,
+                self.local,
+                inbox.clone(),
+                self.stats.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = receive(stream, cluster_id, local, inbox).await {
+                    if is_handshake_error(&e) {
+                        stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "refused a peer connection");
+                    } else {
+                        tracing::debug!(error = %e, "peer connection closed");
+                    }
+                }
+            });
+        }
+    }
+
+    fn queue_for(&mut self, peer: NodeId) -> &mpsc::Sender<Message> {
+        let (local, cluster_id) = (self.local, self.cluster_id);
+        let (addresses, stats) = (self.addresses.clone(), self.stats.clone());
+        self.queues.entry(peer).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
+            tokio::spawn(dial_loop(local, peer, cluster_id, addresses, rx, stats));
+            tx
+        })
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&mut self, message: Message) {
+        let stats = self.stats.clone();
+        if self.queue_for(message.to).try_send(message).is_err() {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn is_handshake_error(e: &TransportError) -> bool {
+    matches!(
+        e,
+        TransportError::Wire(
+            WireError::ClusterMismatch { .. }
+                | WireError::WrongNode { .. }
+                | WireError::UnexpectedPeer { .. }
+                | WireError::UnsupportedVersion { .. }
+                | WireError::Rejected(_)
+                | WireError::BadMagic(_)
+        )
+    )
+}
+
+/// What ends a peer connection.
+#[derive(Debug)]
+enum TransportError {
+    Io(std::io::Error),
+    Wire(WireError),
+    Closed,
+    HelloTimeout,
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransportError::Io(e) => write!(f, "i/o: {e}"),
+            TransportError::Wire(e) => write!(f, "{e}"),
+            TransportError::Closed => write!(f, "closed by the peer"),
+            TransportError::HelloTimeout => write!(f, "no HELLO within {HELLO_TIMEOUT:?}"),
+        }
+    }
+}
+
+impl From<std::io::Error> for TransportError {
+    fn from(e: std::io::Error) -> Self {
+        TransportError::Io(e)
+    }
+}
+
+impl From<WireError> for TransportError {
+    fn from(e: WireError) -> Self {
+        TransportError::Wire(e)
+    }
+}
+
+/// Reads frames off a stream.
+struct FrameReader {
+    stream: tokio::net::tcp::OwnedReadHalf,
+    buffer: BytesMut,
+    codec: FrameCodec,
+}
+
+impl FrameReader {
+    async fn next(&mut self) -> Result<Frame, TransportError> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buffer)? {
+                return Ok(frame);
+            }
+            self.buffer.reserve(64 * 1024);
+            if self.stream.read_buf(&mut self.buffer).await? == 0 {
+                return Err(TransportError::Closed);
+            }
+        }
+    }
+}
+
+async fn write_frame(
+    stream: &mut tokio::net::tcp::OwnedWriteHalf,
+    frame: &Frame,
+) -> Result<(), TransportError> {
+    let mut buffer = BytesMut::new();
+    frame.encode(&mut buffer, DEFAULT_MAX_FRAME_BYTES)?;
+    stream.write_all(&buffer).await?;
+    Ok(())
+}
+
+/// Exchanges HELLOs; returns the peer's after checking it.
+async fn handshake(
+    reader: &mut FrameReader,
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    ours: Hello,
+    expected_peer: Option<NodeId>,
+) -> Result<Hello, TransportError> {
+    write_frame(writer, &Frame::Hello(ours)).await?;
+    let frame = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
+        .await
+        .map_err(|_| TransportError::HelloTimeout)??;
+    let theirs = frame.into_hello()?;
+    if let Err(e) = theirs.check(ours.cluster_id, ours.from, expected_peer) {
+        if let Some(reject) = e.reject() {
+            let _ = write_frame(writer, &Frame::Reject(reject)).await;
+        }
+        return Err(e.into());
+    }
+    Ok(theirs)
+}
+
+/// Serves one inbound connection: handshake, then deliver every message.
+async fn receive(
+    stream: TcpStream,
+    cluster_id: u64,
+    local: NodeId,
+    inbox: PeerInbox,
+) -> Result<(), TransportError> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = FrameReader {
+        stream: read,
+        buffer: BytesMut::new(),
+        codec: FrameCodec::default(),
+    };
+    // We do not know who is calling until its HELLO arrives, so ours names it afterwards:
+    // read first, then answer.
+    let frame = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
+        .await
+        .map_err(|_| TransportError::HelloTimeout)??;
+    let theirs = frame.into_hello()?;
+    if let Err(e) = theirs.check(cluster_id, local, None) {
+        if let Some(reject) = e.reject() {
+            let _ = write_frame(&mut write, &Frame::Reject(reject)).await;
+        }
+        return Err(e.into());
+    }
+    write_frame(
+        &mut write,
+        &Frame::Hello(Hello::new(cluster_id, local, theirs.from)),
+    )
+    .await?;
+    loop {
+        let messages = reader.next().await?.into_messages()?;
+        let messages: Vec<Message> = messages
+            .into_iter()
+            .filter(|m| m.from == theirs.from && m.to == local)
+            .collect();
+        if !messages.is_empty() && inbox.send(messages).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Keeps a connection to `peer` and writes its queued messages, redialling with back-off.
+async fn dial_loop(
+    local: NodeId,
+    peer: NodeId,
+    cluster_id: u64,
+    addresses: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
+    mut queue: mpsc::Receiver<Message>,
+    stats: Arc<TransportStats>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let address = addresses.read().ok().and_then(|a| a.get(&peer).copied());
+        let result = match address {
+            Some(address) => send_over(local, peer, cluster_id, address, &mut queue, &stats).await,
+            None => Err(TransportError::Closed),
+        };
+        match result {
+            Ok(()) => return, // the node stopped: the queue closed
+            Err(e) => {
+                if is_handshake_error(&e) {
+                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, error = %e, "peer refused");
+                } else {
+                    tracing::debug!(%peer, error = %e, "peer connection lost");
+                }
+            }
+        }
+        // Messages queued while disconnected are stale by now: Raft will resend what matters.
+        while let Ok(_stale) = queue.try_recv() {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        if queue.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn send_over(
+    local: NodeId,
+    peer: NodeId,
+    cluster_id: u64,
+    address: SocketAddr,
+    queue: &mut mpsc::Receiver<Message>,
+    stats: &TransportStats,
+) -> Result<(), TransportError> {
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = FrameReader {
+        stream: read,
+        buffer: BytesMut::new(),
+        codec: FrameCodec::default(),
+    };
+    handshake(
+        &mut reader,
+        &mut write,
+        Hello::new(cluster_id, local, peer),
+        Some(peer),
+    )
+    .await?;
+    stats.connects.fetch_add(1, Ordering::Relaxed);
+    // The peer never writes after its HELLO; reading tells us when it goes away.
+    let mut closed = Box::pin(async move { reader.next().await });
+    let mut batch = Vec::with_capacity(FRAME_MESSAGES_MAX);
+    let mut buffer = BytesMut::new();
+    loop {
+        let first = tokio::select! {
+            message = queue.recv() => match message {
+                Some(message) => message,
+                None => return Ok(()),
+            },
+            result = &mut closed => {
+                return Err(result.err().unwrap_or(TransportError::Closed));
+            }
+        };
+        batch.push(first);
+        while batch.len() < FRAME_MESSAGES_MAX {
+            let Ok(message) = queue.try_recv() else { break };
+            batch.push(message);
+        }
+        buffer.clear();
+        Frame::Messages(std::mem::take(&mut batch)).encode(&mut buffer, DEFAULT_MAX_FRAME_BYTES)?;
+        write.write_all(&buffer).await?;
+    }
+}
