@@ -41,7 +41,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .map_or((text, ""), |at| text.split_at(at));
-    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 1s, 20ms)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (try 1s, 20ms)"))?;
     let seconds = match unit {
         "ns" => value / 1e9,
         "us" | "µs" => value / 1e6,
@@ -49,7 +51,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("not a duration: {text:?} (units: ns, us, ms, s, m, h)")),
+        _ => {
+            return Err(format!(
+                "not a duration: {text:?} (units: ns, us, ms, s, m, h)"
+            ));
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("not a duration: {text:?}"));
@@ -71,7 +77,9 @@ fn parse_backend(text: &str) -> Result<Backend, String> {
             "backend {text:?} is not available yet: this build has only the native engine \
              (-backend native, alias gorums)"
         )),
-        other => Err(format!("unknown backend {other:?}: use native (alias gorums)")),
+        other => Err(format!(
+            "unknown backend {other:?}: use native (alias gorums)"
+        )),
     }
 }
 
@@ -93,7 +101,10 @@ fn parse_sync(text: &str) -> Result<Sync, String> {
 }
 
 fn parse_id(text: &str) -> Result<u64, String> {
-    let id: u64 = text.trim().parse().map_err(|_| format!("not a server id: {text:?}"))?;
+    let id: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a server id: {text:?}"))?;
     if id == 0 {
         return Err("server ids start at 1 (positions in -servers)".to_string());
     }
@@ -102,7 +113,11 @@ fn parse_id(text: &str) -> Result<u64, String> {
 
 /// rkvd's flags. The first block is relab's rkvd, same names, defaults and meanings.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "rkvd", version, about = "rkv server: a Raft-replicated key-value store")]
+#[command(
+    name = "rkvd",
+    version,
+    about = "rkv server: a Raft-replicated key-value store"
+)]
 pub struct Flags {
     /// Raft implementation: native (alias gorums).
     #[arg(long, default_value = "native", value_parser = parse_backend)]
@@ -152,7 +167,11 @@ pub struct Flags {
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub servermetrics: bool,
     /// Comma-separated client addresses of every possible server (ids are 1-based positions).
-    #[arg(long, default_value = ":9201,:9202,:9203,:9204,:9205,:9206,:9207", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = ":9201,:9202,:9203,:9204,:9205,:9206,:9207",
+        value_delimiter = ','
+    )]
     pub servers: Vec<String>,
 
     // ----- rkv's own flags -----
@@ -191,7 +210,11 @@ impl std::error::Error for FlagError {}
 
 /// Resolves a Go-style `host:port` (`:9201` means all interfaces) to a socket address.
 pub fn resolve(address: &str) -> Result<SocketAddr, FlagError> {
-    let full = if address.starts_with(':') { format!("0.0.0.0{address}") } else { address.to_string() };
+    let full = if address.starts_with(':') {
+        format!("0.0.0.0{address}")
+    } else {
+        address.to_string()
+    };
     use std::net::ToSocketAddrs;
     full.to_socket_addrs()
         .map_err(|e| FlagError(format!("cannot resolve server address {address:?}: {e}")))?
@@ -215,7 +238,9 @@ impl Flags {
             )));
         }
         if let Some(bad) = self.cluster.iter().find(|id| **id > count) {
-            return Err(FlagError(format!("-cluster names {bad}, but -servers lists only {count}")));
+            return Err(FlagError(format!(
+                "-cluster names {bad}, but -servers lists only {count}"
+            )));
         }
         if self.heartbeat.is_zero() || self.election <= self.heartbeat * 2 {
             return Err(FlagError(format!(
@@ -224,7 +249,9 @@ impl Flags {
             )));
         }
         if self.entriespermsg == 0 || self.catchupmultiplier == 0 {
-            return Err(FlagError("-entriespermsg and -catchupmultiplier must be at least 1".into()));
+            return Err(FlagError(
+                "-entriespermsg and -catchupmultiplier must be at least 1".into(),
+            ));
         }
         for server in &self.servers {
             resolve(server)?;
@@ -238,7 +265,9 @@ mod tests {
     use super::*;
 
     fn parse(line: &str) -> Result<Flags, clap::Error> {
-        Flags::parse_go_style(std::iter::once("rkvd".to_string()).chain(line.split_whitespace().map(String::from)))
+        Flags::parse_go_style(
+            std::iter::once("rkvd".to_string()).chain(line.split_whitespace().map(String::from)),
+        )
     }
 
     #[test]
@@ -248,7 +277,8 @@ mod tests {
         assert_eq!(f.servers, vec![":9201", ":9202", ":9203"]);
         assert_eq!(f.cluster, vec![1, 2, 3]);
         assert!(f.validate().is_ok());
-        let f = parse("-id 1 -servers 127.0.0.1:9200,127.0.0.2:9200,127.0.0.3:9200 -cluster 1,2,3").expect("parses");
+        let f = parse("-id 1 -servers 127.0.0.1:9200,127.0.0.2:9200,127.0.0.3:9200 -cluster 1,2,3")
+            .expect("parses");
         assert_eq!(f.servers.len(), 3);
     }
 
@@ -297,7 +327,10 @@ mod tests {
 
     #[test]
     fn gorums_is_an_alias_of_native() {
-        assert_eq!(parse("-id 1 -backend gorums").expect("parses").backend, Backend::Native);
+        assert_eq!(
+            parse("-id 1 -backend gorums").expect("parses").backend,
+            Backend::Native
+        );
     }
 
     #[test]

@@ -1,21 +1,223 @@
-//! `rkvd`: the rkv server.
+//! `rkvd`: the rkv server. Flags as relab's rkvd (`rkvd -id 1 -servers :9201,:9202,:9203
+//! -cluster 1,2,3`), the rkvpb and rkv.v1 gRPC APIs on the client address, Raft peers on
+//! the client port plus `-peer-port-offset`, Prometheus metrics on `:590<id>/metrics`.
 
 mod flags;
+mod identity;
+mod machine;
+mod metrics_http;
+mod rkvpb_service;
+mod service;
+mod v1_service;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use rkv_engine::{Engine, EngineConfig, TcpTransport};
+use rkv_raft::{Membership, NodeId};
+use rkv_wire::rkvpb::rkv_server::RkvServer;
+use rkv_wire::v1::kv_server::KvServer;
+use tokio::net::TcpListener;
+
+use crate::flags::{Flags, Sync, resolve};
+use crate::identity::Identity;
+
+/// An address to dial: an unspecified host (`:9201`) means this machine.
+fn dialable(mut address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    address
+}
+
+fn peer_address(server: &str, offset: u16) -> Result<SocketAddr, String> {
+    let mut address = resolve(server).map_err(|e| e.to_string())?;
+    let port = address
+        .port()
+        .checked_add(offset)
+        .ok_or_else(|| format!("{server}: port + -peer-port-offset {offset} exceeds 65535"))?;
+    address.set_port(port);
+    Ok(address)
+}
+
+fn engine_config(flags: &Flags, data_dir: PathBuf) -> EngineConfig {
+    let id = NodeId(flags.id);
+    let mut config = EngineConfig::new(id, data_dir);
+    // Two ticks per heartbeat: fine enough for the election timeout's jitter.
+    let tick = (flags.heartbeat / 2).max(std::time::Duration::from_millis(1));
+    config.tick = tick;
+    config.raft.heartbeat_ticks = 2;
+    config.raft.election_ticks = u32::try_from(flags.election.as_nanos() / tick.as_nanos())
+        .unwrap_or(u32::MAX)
+        .max(3);
+    config.raft.check_quorum = flags.checkquorum;
+    config.raft.entries_per_msg = if flags.batch {
+        usize::try_from(flags.entriespermsg).unwrap_or(64)
+    } else {
+        1
+    };
+    config.raft.catchup_multiplier = usize::try_from(flags.catchupmultiplier).unwrap_or(1024);
+    config.raft.max_msg_bytes = flags.maxgrpc;
+    config.cache_entries = usize::try_from(flags.cache)
+        .unwrap_or(usize::MAX)
+        .min(1 << 20);
+    config.sync = match flags.sync {
+        Sync::Always => rkv_log::SyncPolicy::Always,
+        Sync::None => rkv_log::SyncPolicy::None,
+    };
+    if flags.cluster.contains(&flags.id) {
+        config.bootstrap = Some(Membership::with_voters(
+            flags.cluster.iter().copied().map(NodeId),
+        ));
+    }
+    config
+}
+
+async fn run(flags: Flags) -> Result<(), String> {
+    let id = NodeId(flags.id);
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("rkvd-data/{}", flags.id)));
+    if flags.wipe {
+        identity::wipe(&data_dir).map_err(|e| e.to_string())?;
+        tracing::warn!(dir = %data_dir.display(), "-wipe: deleted the data directory");
+    }
+    let cluster_id = identity::cluster_id(&flags.servers, &flags.cluster);
+    identity::check_or_create(
+        &data_dir,
+        &Identity {
+            cluster_id,
+            node_id: flags.id,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if flags.sync == Sync::None {
+        tracing::warn!(
+            "-sync none: the log is NEVER fsync'd; acknowledged writes can be lost on a crash"
+        );
+        eprintln!(
+            "rkvd: WARNING: -sync none: acknowledged writes can be lost on a crash (benchmarks only)"
+        );
+    }
+
+    let mut peers = BTreeMap::new();
+    for (position, server) in flags.servers.iter().enumerate() {
+        let peer = NodeId(position as u64 + 1);
+        peers.insert(
+            peer,
+            dialable(peer_address(server, flags.peer_port_offset)?),
+        );
+    }
+    let own_server = &flags.servers[usize::try_from(flags.id - 1).map_err(|e| e.to_string())?];
+    let client_address = resolve(own_server).map_err(|e| e.to_string())?;
+    let peer_listen = peer_address(own_server, flags.peer_port_offset)?;
+
+    let transport = TcpTransport::new(id, cluster_id, peers);
+    let waiters = Arc::new(machine::Waiters::default());
+    let (events, _) = tokio::sync::broadcast::channel(machine::WATCH_BUFFER_EVENTS);
+    let machine = machine::KvMachine::new(waiters.clone(), events.clone());
+    let engine = Engine::start(
+        engine_config(&flags, data_dir.clone()),
+        machine,
+        transport.clone(),
+    )
+    .map_err(|e| format!("starting node {id}: {e}"))?;
+
+    let peer_listener = TcpListener::bind(peer_listen)
+        .await
+        .map_err(|e| format!("binding the peer address {peer_listen}: {e}"))?;
+    let (serving, inbox) = (transport.clone(), engine.peer_inbox());
+    tokio::spawn(async move { serving.serve(peer_listener, inbox).await });
+
+    if flags.servermetrics {
+        let address = flags
+            .metrics_addr
+            .clone()
+            .unwrap_or_else(|| format!(":590{}", flags.id));
+        let address = resolve(&address).map_err(|e| e.to_string())?;
+        metrics_http::start(address, engine.clone(), transport.stats()).await?;
+    }
+
+    let node = service::Node {
+        engine: engine.clone(),
+        waiters,
+        events,
+        servers: Arc::new(flags.servers.clone()),
+        cluster_id,
+    };
+    let listener = TcpListener::bind(client_address)
+        .await
+        .map_err(|e| format!("binding the client address {client_address}: {e}"))?;
+    tracing::info!(
+        %id, client = %client_address, peers = %peer_listen, dir = %data_dir.display(),
+        cluster = format!("{cluster_id:016x}"), "rkvd serving"
+    );
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("interrupted: shutting down");
+    };
+    tonic::transport::Server::builder()
+        .add_service(
+            RkvServer::new(rkvpb_service::RkvService::new(node.clone()))
+                .max_decoding_message_size(flags.maxgrpc)
+                .max_encoding_message_size(flags.maxgrpc),
+        )
+        .add_service(
+            KvServer::new(v1_service::KvService::new(node))
+                .max_decoding_message_size(flags.maxgrpc)
+                .max_encoding_message_size(flags.maxgrpc),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| format!("serving gRPC: {e}"))
+}
 
 fn main() -> ExitCode {
-    let flags = match flags::Flags::parse_go_style(std::env::args()) {
+    let flags = match Flags::parse_go_style(std::env::args()) {
         Ok(flags) => flags,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     if let Err(e) = flags.validate() {
         eprintln!("rkvd: {e}");
         return ExitCode::from(2);
     }
-    eprintln!("rkvd: the server front ends are not wired up yet (issue 4 in progress)");
-    ExitCode::from(1)
+    if !flags.quiet {
+        let filter = tracing_subscriber::EnvFilter::try_new(&flags.log_level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("rkvd: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(flags)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rkvd: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,268 @@
+//! Black-box tests of real `rkvd` processes on loopback: the original's command lines,
+//! the rkvpb API as relab's rkvctl uses it, rkv.v1 reads at every level on every node,
+//! kill -9 of the leader, restart from the data directory, and bad input.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, WAIT, rkvd_output};
+use rkv_wire::rkvpb::{InsertRequest, LookupRequest, RegisterRequest};
+use rkv_wire::v1::{self, Consistency};
+use tonic::Code;
+
+/// Calls `f` on the leader, following not-leader answers, until it succeeds.
+macro_rules! on_leader {
+    ($cluster:expr, $client:ident, $call:expr) => {{
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leader = $cluster.leader().await;
+            let mut $client = $cluster.rkvpb(leader).await;
+            match $call.await {
+                Ok(response) => break response.into_inner(),
+                Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                    continue;
+                }
+                Err(status) => panic!("call failed: {status}"),
+            }
+        }
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_rkvctl_calls_work_and_follow_not_leader_errors() {
+    let cluster = Cluster::start(3, 3);
+    let registered = on_leader!(cluster, c, c.register(RegisterRequest {}));
+    assert!(registered.client_id > 0, "the session id is a log index");
+    for seq in 1..=20u64 {
+        let request = InsertRequest {
+            client_id: registered.client_id,
+            client_seq: seq,
+            key: format!("key{}", seq % 5),
+            value: format!("value{seq}"),
+        };
+        let inserted = on_leader!(cluster, c, c.insert(request.clone()));
+        assert!(inserted.ok);
+    }
+    // A duplicate is acknowledged and not applied again.
+    let stale = InsertRequest {
+        client_id: registered.client_id,
+        client_seq: 3,
+        key: "key3".into(),
+        value: "again".into(),
+    };
+    assert!(on_leader!(cluster, c, c.insert(stale.clone())).ok);
+    let value = on_leader!(cluster, c, c.lookup(LookupRequest { key: "key3".into() })).value;
+    assert_eq!(
+        value, "value18",
+        "the duplicate of seq 3 did not overwrite seq 18"
+    );
+    let missing = on_leader!(cluster, c, c.lookup(LookupRequest { key: "nope".into() })).value;
+    assert_eq!(missing, "(none)");
+    // A follower refuses with UNAVAILABLE and names the leader.
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let mut client = cluster.rkvpb(follower).await;
+    let status = client
+        .register(RegisterRequest {})
+        .await
+        .expect_err("followers do not lead");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        status
+            .metadata()
+            .get("rkv-leader-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(leader.to_string().as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_session_is_an_error_not_a_crash() {
+    let cluster = Cluster::start(3, 3);
+    let request = InsertRequest {
+        client_id: 999_999,
+        client_seq: 1,
+        key: "k".into(),
+        value: "v".into(),
+    };
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        let leader = cluster.leader().await;
+        match cluster.rkvpb(leader).await.insert(request.clone()).await {
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                continue;
+            }
+            Err(status) => break status,
+            Ok(_) => panic!("an unknown session was accepted"),
+        }
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
+    // The server is still serving.
+    let leader = cluster.leader().await;
+    assert!(
+        cluster
+            .rkvpb(leader)
+            .await
+            .register(RegisterRequest {})
+            .await
+            .is_ok()
+    );
+}
+
+async fn put_on_leader(cluster: &Cluster, key: &str, value: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let leader = cluster.leader().await;
+        let request = v1::PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
+            session: None,
+        };
+        match cluster.v1(leader).await.put(request).await {
+            Ok(_) => return,
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < deadline => {
+                continue;
+            }
+            Err(status) => panic!("put {key}: {status}"),
+        }
+    }
+}
+
+async fn get(
+    cluster: &Cluster,
+    id: u64,
+    key: &str,
+    consistency: Consistency,
+) -> Result<Option<String>, tonic::Status> {
+    let request = v1::GetRequest {
+        key: key.as_bytes().to_vec().into(),
+        consistency: consistency.into(),
+    };
+    let response = cluster.v1(id).await.get(request).await?.into_inner();
+    Ok(response
+        .value
+        .map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leader_loses_nothing_and_the_node_resumes_from_its_directory() {
+    let mut cluster = Cluster::start(3, 3);
+    for i in 0..30 {
+        put_on_leader(&cluster, &format!("k{i}"), &format!("v{i}")).await;
+    }
+    let old = cluster.leader().await;
+    cluster.kill(old);
+    put_on_leader(&cluster, "after", "failover").await;
+    let new = cluster.leader().await;
+    assert_ne!(new, old, "a new leader took over");
+    cluster.boot(old);
+    // The restarted node catches up and serves linearizable reads with everything.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match get(&cluster, old, "after", Consistency::Linearizable).await {
+            Ok(Some(v)) => {
+                assert_eq!(v, "failover");
+                break;
+            }
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await, // polling a restarting process
+            other => panic!("restarted node: {other:?}"),
+        }
+    }
+    for id in 1..=3 {
+        for i in [0, 17, 29] {
+            let value = get(&cluster, id, &format!("k{i}"), Consistency::Linearizable)
+                .await
+                .expect("read");
+            assert_eq!(value, Some(format!("v{i}")), "node {id} key k{i}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_every_level_on_every_node_and_compare_and_swap() {
+    let cluster = Cluster::start(3, 3);
+    put_on_leader(&cluster, "x", "1").await;
+    for id in 1..=3 {
+        assert_eq!(
+            get(&cluster, id, "x", Consistency::Linearizable)
+                .await
+                .expect("read"),
+            Some("1".into())
+        );
+    }
+    let leader = cluster.leader().await;
+    assert_eq!(
+        get(&cluster, leader, "x", Consistency::Lease)
+            .await
+            .expect("read"),
+        Some("1".into())
+    );
+    let mut client = cluster.v1(leader).await;
+    let cas = |expected: Option<&str>, new: &str| v1::CompareAndSwapRequest {
+        key: b"x".to_vec().into(),
+        expected: expected.map(|e| e.as_bytes().to_vec().into()),
+        new: Some(new.as_bytes().to_vec().into()),
+        session: None,
+    };
+    let swapped = client
+        .compare_and_swap(cas(Some("1"), "2"))
+        .await
+        .expect("cas")
+        .into_inner();
+    assert!(swapped.swapped);
+    let refused = client
+        .compare_and_swap(cas(Some("1"), "3"))
+        .await
+        .expect("cas")
+        .into_inner();
+    assert!(!refused.swapped);
+    assert_eq!(refused.previous.as_deref(), Some(&b"2"[..]));
+    let scan = client
+        .scan(v1::ScanRequest {
+            selector: None,
+            limit: 10,
+            consistency: Consistency::Linearizable.into(),
+        })
+        .await
+        .expect("scan")
+        .into_inner();
+    assert_eq!(scan.kvs.len(), 1);
+    let status = client
+        .status(v1::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.role, v1::Role::Leader as i32);
+    assert_eq!(status.members.len(), 3);
+}
+
+#[test]
+fn bad_flags_and_foreign_data_directories_are_refused_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = rkvd_output(&["-id", "1", "-backend", "paxos"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend"));
+    let out = rkvd_output(&["-id", "9", "-servers", ":1,:2"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-id 9"));
+    let out = rkvd_output(&["-backend", "etcd", "-id", "1"], dir.path());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not available yet"));
+    // A directory made by node 1 is refused to node 2.
+    std::fs::create_dir_all(dir.path().join("d")).expect("dir");
+    std::fs::write(
+        dir.path().join("d/identity"),
+        "cluster_id=0000000000000001\nnode_id=1\n",
+    )
+    .expect("write");
+    let out = rkvd_output(
+        &["-id", "2", "-data-dir", "d", "-servermetrics=false"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to node 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
