@@ -186,6 +186,11 @@ async fn a_follower_refuses_proposals_with_the_leader_hint() {
         .keys()
         .find(|id| **id != leader)
         .expect("a follower");
+    let knows = cluster
+        .engine(follower)
+        .wait_for(WAIT, |o| o.leader == Some(leader))
+        .await;
+    assert!(knows.is_some(), "the follower hears from the leader");
     let result = cluster
         .engine(follower)
         .propose(Bytes::from_static(b"a=b"))
