@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rkv_log::{
@@ -10,7 +10,7 @@ use rkv_log::{
 };
 use rkv_raft::{
     Action, Config, Entry, HardState, Index, Membership, MembershipChange, Message, NodeId,
-    Payload, RaftNode, ReadId, ReadMode, Role, Snapshot, Status, Term,
+    Payload, RaftNode, ReadId, ReadMode, Role, Snapshot, SnapshotMeta, Status, Term,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -194,6 +194,8 @@ impl<S: StateMachine> Engine<S> {
             transport,
             writer: Some(writer),
             proposals: BTreeMap::new(),
+            appends_in_flight: VecDeque::new(),
+            ticks: 0,
             changes: BTreeMap::new(),
             reads: BTreeMap::new(),
             next_read: 0,
@@ -204,6 +206,8 @@ impl<S: StateMachine> Engine<S> {
             last_snapshot: snapshot_index,
             snapshot_entries: config.snapshot_entries,
             own_snapshot: None,
+            encoding_snapshot: false,
+            encoded: mpsc::channel(1),
             installing: None,
             observed: observed_tx,
             stopped: None,
@@ -340,14 +344,20 @@ fn seed_for(id: NodeId) -> u64 {
     nanos ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// A snapshot of ours, serialised off the node task.
+type Encoded = (SnapshotMeta, Bytes);
+
 /// The task that owns the core, the state machine and the writer.
 struct Node<S: StateMachine, T: Transport> {
     raft: RaftNode,
     state_machine: S,
     transport: T,
     writer: Option<LogWriter<FileLog>>,
-    /// index -> (term, reply) of proposals made here.
-    proposals: BTreeMap<Index, (Term, Reply<S::Output>)>,
+    /// index -> (term, reply, proposed at) of proposals made here.
+    proposals: BTreeMap<Index, (Term, Reply<S::Output>, Instant)>,
+    /// Appends handed to the writer and not yet durable: (last index, handed over at).
+    appends_in_flight: VecDeque<(Index, Instant)>,
+    ticks: u64,
     /// index -> (term, reply) of membership changes made here.
     changes: BTreeMap<Index, (Term, Reply<Index>)>,
     reads: BTreeMap<ReadId, ReadFn<S>>,
@@ -362,6 +372,10 @@ struct Node<S: StateMachine, T: Transport> {
     snapshot_entries: u64,
     /// A snapshot of ours being made durable: (index, data).
     own_snapshot: Option<(Index, Bytes)>,
+    /// A snapshot of ours being serialised off the node task.
+    encoding_snapshot: bool,
+    /// Where serialised snapshots come back.
+    encoded: (mpsc::Sender<Encoded>, mpsc::Receiver<Encoded>),
     /// A snapshot from the leader being made durable.
     installing: Option<Index>,
     observed: watch::Sender<Observed>,
@@ -371,6 +385,8 @@ struct Node<S: StateMachine, T: Transport> {
 /// Inputs handled before the node looks at its other queues again: keeps one busy queue
 /// from starving the rest while still batching work between flushes.
 const BATCH_INPUTS_MAX: usize = 1024;
+/// How often (in ticks) a leader records its followers' lag.
+const PEER_METRICS_TICKS: u64 = 50;
 
 impl<S: StateMachine, T: Transport> Node<S, T> {
     async fn run(
@@ -406,7 +422,14 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                         self.on_input(input);
                     }
                 }
-                _ = ticker.tick() => self.raft.tick(),
+                Some((meta, data)) = self.encoded.1.recv() => self.on_snapshot_encoded(meta, data),
+                _ = ticker.tick() => {
+                    self.raft.tick();
+                    self.ticks += 1;
+                    if self.ticks.is_multiple_of(PEER_METRICS_TICKS) {
+                        self.record_peer_lag();
+                    }
+                }
             }
             let actions = self.raft.take_actions();
             self.perform(actions);
@@ -425,9 +448,11 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         match input {
             Input::Propose { command, reply } => match self.raft.propose(command) {
                 Ok((term, index)) => {
-                    self.proposals.insert(index, (term, reply));
+                    metrics::counter!("rkv_proposals_total").increment(1);
+                    self.proposals.insert(index, (term, reply, Instant::now()));
                 }
                 Err(e) => {
+                    metrics::counter!("rkv_proposals_refused_total").increment(1);
                     let _ = reply.send(Err(e.into()));
                 }
             },
@@ -470,7 +495,19 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
 
     fn on_log_event(&mut self, event: WriterEvent) {
         match event {
-            WriterEvent::Durable { index, term } => self.raft.persisted(index, term),
+            WriterEvent::Durable { index, term } => {
+                while self
+                    .appends_in_flight
+                    .front()
+                    .is_some_and(|(last, _)| *last <= index)
+                {
+                    if let Some((_, at)) = self.appends_in_flight.pop_front() {
+                        let seconds = at.elapsed().as_secs_f64();
+                        metrics::histogram!("rkv_log_durable_seconds").record(seconds);
+                    }
+                }
+                self.raft.persisted(index, term);
+            }
             WriterEvent::HardStateSaved(saved) => {
                 if self.awaiting_hard_state == Some(saved) {
                     self.awaiting_hard_state = None;
@@ -510,7 +547,15 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                     self.awaiting_hard_state = Some(hard_state);
                     self.write(Request::SaveHardState(hard_state));
                 }
-                Action::Append(entries) => self.write(Request::Append(entries)),
+                Action::Append(entries) => {
+                    if let Some(last) = entries.last() {
+                        self.appends_in_flight
+                            .push_back((last.index, Instant::now()));
+                        let count = entries.len() as u64;
+                        metrics::counter!("rkv_log_appended_entries_total").increment(count);
+                    }
+                    self.write(Request::Append(entries));
+                }
                 Action::Send(message) => self.transport.send(message),
                 Action::Apply(entries) => self.apply(entries),
                 Action::InstallSnapshot(snapshot) => {
@@ -559,11 +604,14 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
+        metrics::counter!("rkv_applied_entries_total").increment(entries.len() as u64);
         for entry in entries {
             match &entry.payload {
                 Payload::Command(command) => {
                     let output = self.state_machine.apply(entry.index, command);
-                    if let Some((term, reply)) = self.proposals.remove(&entry.index) {
+                    if let Some((term, reply, at)) = self.proposals.remove(&entry.index) {
+                        let seconds = at.elapsed().as_secs_f64();
+                        metrics::histogram!("rkv_proposal_commit_seconds").record(seconds);
                         let _ = reply.send(if term == entry.term {
                             Ok(output)
                         } else {
@@ -602,7 +650,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
     /// Proposals at or below the applied index that were not answered lost their place.
     fn fail_superseded_proposals(&mut self) {
         let keep = self.proposals.split_off(&self.applied.next());
-        for (_, (_, reply)) in std::mem::replace(&mut self.proposals, keep) {
+        for (_, (_, reply, _)) in std::mem::replace(&mut self.proposals, keep) {
             let _ = reply.send(Err(EngineError::Dropped));
         }
         let keep = self.changes.split_off(&self.applied.next());
@@ -613,15 +661,48 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
 
     fn maybe_snapshot(&mut self) {
         let due = self.applied.0 >= self.last_snapshot.0 + self.snapshot_entries;
-        if !due || self.own_snapshot.is_some() || self.installing.is_some() {
+        if !due
+            || self.own_snapshot.is_some()
+            || self.encoding_snapshot
+            || self.installing.is_some()
+        {
             return;
         }
         let Some(meta) = self.raft.snapshot_meta(self.applied) else {
             return;
         };
-        let data = self.state_machine.snapshot();
+        let job = self.state_machine.snapshot();
+        let done = self.encoded.0.clone();
+        self.encoding_snapshot = true;
+        tokio::task::spawn_blocking(move || {
+            let data = job();
+            let _ = done.blocking_send((meta, data));
+        });
+    }
+
+    /// A snapshot of ours is serialised: make it durable (unless a newer one from the
+    /// leader was installed meanwhile).
+    fn on_snapshot_encoded(&mut self, meta: SnapshotMeta, data: Bytes) {
+        self.encoding_snapshot = false;
+        if meta.index <= self.last_snapshot || self.installing.is_some() {
+            return;
+        }
+        metrics::histogram!("rkv_snapshot_bytes").record(data.len() as f64);
         self.own_snapshot = Some((meta.index, data.clone()));
         self.write(Request::SaveSnapshot(Snapshot { meta, data }));
+    }
+
+    /// Per-follower replication lag (leader only), in entries.
+    fn record_peer_lag(&self) {
+        if self.raft.role() != Role::Leader {
+            return;
+        }
+        let status = self.raft.status();
+        for peer in &status.peers {
+            let lag = status.last_index.0.saturating_sub(peer.match_index.0);
+            metrics::gauge!("rkv_peer_lag_entries", "peer" => peer.id.0.to_string())
+                .set(lag as f64);
+        }
     }
 
     fn publish(&mut self) {
@@ -644,7 +725,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
 
     fn shutdown(&mut self) {
         let reason = self.stopped.clone().unwrap_or_else(|| "shut down".into());
-        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+        for (_, (_, reply, _)) in std::mem::take(&mut self.proposals) {
             let _ = reply.send(Err(EngineError::Stopped(reason.clone())));
         }
         for (_, (_, reply)) in std::mem::take(&mut self.changes) {

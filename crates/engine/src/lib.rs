@@ -25,6 +25,6 @@ pub mod transport;
 
 pub use engine::{Engine, EngineConfig, Observed, ReadLevel};
 pub use error::{EngineError, StartError};
-pub use state_machine::StateMachine;
+pub use state_machine::{SnapshotJob, StateMachine};
 pub use tcp::{TcpTransport, TransportStats};
 pub use transport::Transport;

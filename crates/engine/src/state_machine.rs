@@ -3,6 +3,9 @@
 use bytes::Bytes;
 use rkv_raft::{Index, Snapshot};
 
+/// Serialises a captured state; runs off the node task.
+pub type SnapshotJob = Box<dyn FnOnce() -> Bytes + Send>;
+
 /// A deterministic state machine replicated by the engine. Every replica applies the same
 /// commands in the same order and must end in the same state.
 pub trait StateMachine: Send + 'static {
@@ -16,8 +19,10 @@ pub trait StateMachine: Send + 'static {
     /// membership change).
     fn apply_noop(&mut self, index: Index);
 
-    /// Serialises the whole state, as of the last applied index.
-    fn snapshot(&self) -> Bytes;
+    /// Captures the state as of the last applied index, cheaply, and returns the work of
+    /// serialising it, which the engine runs on a blocking thread so that applying goes
+    /// on meanwhile (snapshots stay off the hot path).
+    fn snapshot(&self) -> SnapshotJob;
 
     /// Replaces the whole state by a snapshot. An error means the snapshot is corrupt.
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String>;

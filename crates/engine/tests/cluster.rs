@@ -34,9 +34,9 @@ impl StateMachine for Map {
         self.applied = index.0;
     }
 
-    fn snapshot(&self) -> Bytes {
+    fn snapshot(&self) -> rkv_engine::SnapshotJob {
         let text: Vec<String> = self.map.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        Bytes::from(text.join("\n"))
+        Box::new(move || Bytes::from(text.join("\n")))
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {

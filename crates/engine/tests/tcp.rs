@@ -20,8 +20,9 @@ impl StateMachine for Counter {
         self.0
     }
     fn apply_noop(&mut self, _index: Index) {}
-    fn snapshot(&self) -> Bytes {
-        Bytes::from(self.0.to_le_bytes().to_vec())
+    fn snapshot(&self) -> rkv_engine::SnapshotJob {
+        let count = self.0;
+        Box::new(move || Bytes::from(count.to_le_bytes().to_vec()))
     }
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {
         let bytes: [u8; 8] = snapshot

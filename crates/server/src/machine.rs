@@ -104,8 +104,10 @@ impl rkv_engine::StateMachine for KvMachine {
         self.kv.apply_noop(index.0);
     }
 
-    fn snapshot(&self) -> Bytes {
-        Bytes::from(self.kv.snapshot())
+    fn snapshot(&self) -> rkv_engine::SnapshotJob {
+        // A copy-on-write view: cheap here, encoded on a blocking thread by the engine.
+        let view = self.kv.snapshot_view();
+        Box::new(move || Bytes::from(view.encode()))
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {

@@ -266,3 +266,50 @@ fn bad_flags_and_foreign_data_directories_are_refused_clearly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Reads a whole HTTP/1.0 response from `address` (the metrics endpoint speaks HTTP/1.1).
+async fn http_get(address: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_prometheus_text_format() {
+    let port = common::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    // Only server 1 serves metrics (the others would clash on one address).
+    let mut cluster = Cluster::start_with(3, 3, &["-servermetrics=false"]);
+    cluster.kill(1);
+    cluster.extra_args = vec!["-metrics-addr".into(), metrics.clone()];
+    cluster.boot(1);
+    for i in 0..5 {
+        put_on_leader(&cluster, &format!("m{i}"), "x").await;
+    }
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        match http_get(&metrics, "/metrics").await {
+            Ok(body) if body.contains("rkv_applied_entries_total") => break body,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await, // polling a process
+            other => panic!("no metrics: {other:?}"),
+        }
+    };
+    assert!(
+        body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200"),
+        "{body}"
+    );
+    for name in [
+        "rkv_term",
+        "rkv_commit_index",
+        "rkv_applied_index",
+        "rkv_log_durable_seconds",
+        "rkv_role",
+    ] {
+        assert!(body.contains(name), "{name} missing from:\n{body}");
+    }
+}

@@ -71,6 +71,8 @@ pub struct Cluster {
     pub servers_flag: String,
     /// The founding ids.
     pub founders: String,
+    /// Flags added to every server's command line.
+    pub extra_args: Vec<String>,
     _root: tempfile::TempDir,
 }
 
@@ -86,6 +88,11 @@ pub fn rkvd_output(args: &[&str], cwd: &Path) -> std::process::Output {
 impl Cluster {
     /// Starts `size` servers, of which the first `founders` form the initial voters.
     pub fn start(size: usize, founders: usize) -> Cluster {
+        Cluster::start_with(size, founders, &["-servermetrics=false"])
+    }
+
+    /// Like [`Cluster::start`], with `extra_args` on every server's command line.
+    pub fn start_with(size: usize, founders: usize, extra_args: &[&str]) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let servers_flag = ports
@@ -107,10 +114,12 @@ impl Cluster {
                 child: None,
             })
             .collect();
+        let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         let mut cluster = Cluster {
             servers,
             servers_flag,
             founders,
+            extra_args,
             _root: root,
         };
         let founding = cluster.founders.split(',').count();
@@ -135,13 +144,8 @@ impl Cluster {
                 &self.founders,
             ])
             .args(["-data-dir", &server.dir.display().to_string()])
-            .args([
-                "-servermetrics=false",
-                "-election",
-                "300ms",
-                "-heartbeat",
-                "20ms",
-            ])
+            .args(&self.extra_args)
+            .args(["-election", "300ms", "-heartbeat", "20ms"])
             .args([
                 "-peer-port-offset",
                 &PEER_OFFSET.to_string(),
