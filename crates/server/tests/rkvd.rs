@@ -313,3 +313,86 @@ async fn metrics_are_served_in_prometheus_text_format() {
         assert!(body.contains(name), "{name} missing from:\n{body}");
     }
 }
+
+/// A membership change through rkv.v1.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Add(u64),
+    Promote(u64),
+    Remove(u64),
+}
+
+/// Asks the leader for `change` until it is accepted (the leader may change, and a
+/// promotion is refused until the learner has caught up).
+async fn change_members(cluster: &Cluster, change: Change) -> Vec<v1::Member> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let leader = cluster.leader().await;
+        let mut client = cluster.v1(leader).await;
+        let result = match change {
+            Change::Add(id) => client
+                .member_add(v1::MemberAddRequest {
+                    id,
+                    address: String::new(),
+                    as_learner: true,
+                })
+                .await
+                .map(|r| r.into_inner().members),
+            Change::Promote(id) => client
+                .member_promote(v1::MemberPromoteRequest { id })
+                .await
+                .map(|r| r.into_inner().members),
+            Change::Remove(id) => client
+                .member_remove(v1::MemberRemoveRequest { id })
+                .await
+                .map(|r| r.into_inner().members),
+        };
+        match result {
+            Ok(members) => return members,
+            Err(_) if Instant::now() < deadline => {
+                // Polling: an election, or a learner still catching up.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("{change:?}: {status}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_server_joins_as_a_learner_is_promoted_and_a_member_is_removed() {
+    let mut cluster = Cluster::start(4, 3);
+    for i in 0..20 {
+        put_on_leader(&cluster, &format!("j{i}"), "before").await;
+    }
+    cluster.boot(4);
+    let members = change_members(&cluster, Change::Add(4)).await;
+    assert!(
+        members.iter().any(|m| m.id == 4 && m.is_learner),
+        "{members:?}"
+    );
+    let members = change_members(&cluster, Change::Promote(4)).await;
+    assert!(
+        members.iter().any(|m| m.id == 4 && !m.is_learner),
+        "{members:?}"
+    );
+    // The new voter serves linearizable reads with everything written before it joined.
+    assert_eq!(
+        get(&cluster, 4, "j7", Consistency::Linearizable)
+            .await
+            .expect("read"),
+        Some("before".into())
+    );
+    // Remove a follower (not the leader) and keep writing with the other three.
+    let leader = cluster.leader().await;
+    let victim = (1..=3).find(|id| *id != leader).expect("a follower");
+    let members = change_members(&cluster, Change::Remove(victim)).await;
+    assert!(!members.iter().any(|m| m.id == victim), "{members:?}");
+    cluster.kill(victim);
+    put_on_leader(&cluster, "after", "removal").await;
+    assert_eq!(
+        get(&cluster, 4, "after", Consistency::Linearizable)
+            .await
+            .expect("read"),
+        Some("removal".into())
+    );
+}
