@@ -13,6 +13,10 @@ use rkv_raft::{Entry, Index, Payload, Term};
 
 const BATCHES: [usize; 3] = [1, 16, 256];
 const SIZES: [usize; 3] = [16, 256, 4096];
+/// Turns the log and the baseline take in each cell.
+const ROUNDS: u32 = 4;
+/// Batches built ahead of one timed round (more than a round can use).
+const PREBUILT_BATCHES_MAX: u64 = 2_000;
 
 struct Cell {
     syncs: u64,
@@ -20,6 +24,11 @@ struct Cell {
 }
 
 impl Cell {
+    fn add(&mut self, other: &Cell) {
+        self.syncs += other.syncs;
+        self.elapsed += other.elapsed;
+    }
+
     fn per_second(&self, n: u64) -> f64 {
         n as f64 / self.elapsed.as_secs_f64()
     }
@@ -63,21 +72,6 @@ fn main() {
             let dir = root.path().join(format!("log-{batch}-{size}"));
             let (mut log, _, _) = FileLog::open_dir(&dir, FileLogOptions::default()).expect("open");
             let payload = Bytes::from(vec![0xabu8; size]);
-            let mut next = 1u64;
-            let log_cell = measure(budget, max_iterations, || {
-                let entries: Vec<Entry> = (next..next + batch as u64)
-                    .map(|i| Entry {
-                        term: Term(1),
-                        index: Index(i),
-                        payload: Payload::Command(payload.clone()),
-                    })
-                    .collect();
-                next += batch as u64;
-                log.append(&entries).expect("append");
-                log.sync().expect("sync");
-            });
-            drop(log);
-
             // The baseline writes the same number of bytes per sync as the log does.
             let record = rkv_log::format::RECORD_HEADER_BYTES + size;
             let buffer = vec![0xabu8; record * batch];
@@ -87,10 +81,49 @@ fn main() {
                 .write(true)
                 .open(root.path().join(format!("base-{batch}-{size}")))
                 .expect("baseline file");
-            let base_cell = measure(budget, max_iterations, || {
-                file.write_all(&buffer).expect("write");
-                file.sync_data().expect("fdatasync");
-            });
+            // Log and baseline take turns, so that drift of the disk hits both alike, and
+            // the entries are built before the clock starts: a driver hands the log
+            // entries it already has.
+            let mut log_cell = Cell {
+                syncs: 0,
+                elapsed: Duration::ZERO,
+            };
+            let mut base_cell = Cell {
+                syncs: 0,
+                elapsed: Duration::ZERO,
+            };
+            let mut next = 1u64;
+            for _ in 0..ROUNDS {
+                let prebuilt =
+                    usize::try_from(max_iterations.min(PREBUILT_BATCHES_MAX)).unwrap_or(1);
+                let mut batches: std::collections::VecDeque<Vec<Entry>> = (0..prebuilt)
+                    .map(|_| {
+                        let entries = (next..next + batch as u64)
+                            .map(|i| Entry {
+                                term: Term(1),
+                                index: Index(i),
+                                payload: Payload::Command(payload.clone()),
+                            })
+                            .collect();
+                        next += batch as u64;
+                        entries
+                    })
+                    .collect();
+                let round = measure(budget / ROUNDS, prebuilt as u64, || {
+                    let entries = batches.pop_front().unwrap_or_default();
+                    log.append(&entries).expect("append");
+                    log.sync().expect("sync");
+                });
+                // Entries built but not appended are skipped: start the next round after them.
+                next -= (batches.len() * batch) as u64;
+                log_cell.add(&round);
+                let round = measure(budget / ROUNDS, max_iterations, || {
+                    file.write_all(&buffer).expect("write");
+                    file.sync_data().expect("fdatasync");
+                });
+                base_cell.add(&round);
+            }
+            drop(log);
             let log_syncs = log_cell.per_second(log_cell.syncs);
             let base_syncs = base_cell.per_second(base_cell.syncs);
             println!(
