@@ -13,6 +13,47 @@ use tokio::sync::{broadcast, oneshot};
 
 /// Change events kept for watchers that fall behind before they are told they lagged.
 pub const WATCH_BUFFER_EVENTS: usize = 4096;
+/// Recent change events kept so that a watch can start at a past index.
+pub const WATCH_HISTORY_EVENTS: usize = 100_000;
+
+/// The recent change events this replica applied, for watches that start in the past.
+#[derive(Debug, Default)]
+pub struct History {
+    events: std::collections::VecDeque<Event>,
+    /// The oldest index whose events are all kept (what came before is compacted).
+    from: u64,
+}
+
+impl History {
+    /// The events from `start` on, or `Err(oldest)` if they are no longer all kept.
+    pub fn since(&self, start: u64) -> Result<Vec<Event>, u64> {
+        if start < self.from {
+            return Err(self.from);
+        }
+        Ok(self
+            .events
+            .iter()
+            .filter(|e| e.index >= start)
+            .cloned()
+            .collect())
+    }
+
+    fn push(&mut self, events: &[Event]) {
+        for event in events {
+            if self.events.len() == WATCH_HISTORY_EVENTS
+                && let Some(dropped) = self.events.pop_front()
+            {
+                self.from = dropped.index + 1;
+            }
+            self.events.push_back(event.clone());
+        }
+    }
+
+    fn reset(&mut self, after: u64) {
+        self.events.clear();
+        self.from = after + 1;
+    }
+}
 
 /// Callers waiting for one session write, keyed by (client id, seq).
 type WaitList = HashMap<(u64, u64), Vec<oneshot::Sender<Applied>>>;
@@ -70,15 +111,21 @@ pub struct KvMachine {
     pub kv: rkv_kv::StateMachine,
     waiters: Arc<Waiters>,
     events: broadcast::Sender<Arc<Vec<Event>>>,
+    history: Arc<Mutex<History>>,
 }
 
 impl KvMachine {
     /// A fresh machine, with the waiters and the event channel the front ends share.
-    pub fn new(waiters: Arc<Waiters>, events: broadcast::Sender<Arc<Vec<Event>>>) -> KvMachine {
+    pub fn new(
+        waiters: Arc<Waiters>,
+        events: broadcast::Sender<Arc<Vec<Event>>>,
+        history: Arc<Mutex<History>>,
+    ) -> KvMachine {
         KvMachine {
             kv: rkv_kv::StateMachine::new(),
             waiters,
             events,
+            history,
         }
     }
 }
@@ -94,6 +141,11 @@ impl rkv_engine::StateMachine for KvMachine {
             events.extend(a.events.iter().cloned());
         }
         if !events.is_empty() {
+            // History first, then the broadcast: a watcher that subscribes and then reads
+            // the history sees every event at least once (it skips repeats by index).
+            if let Ok(mut history) = self.history.lock() {
+                history.push(&events);
+            }
             // No receiver is fine: nobody watches.
             let _ = self.events.send(Arc::new(events));
         }
@@ -112,6 +164,9 @@ impl rkv_engine::StateMachine for KvMachine {
 
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {
         self.kv = rkv_kv::StateMachine::restore(&snapshot.data).map_err(|e| e.to_string())?;
+        if let Ok(mut history) = self.history.lock() {
+            history.reset(snapshot.meta.index.0);
+        }
         Ok(())
     }
 }

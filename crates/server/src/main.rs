@@ -119,7 +119,8 @@ async fn run(flags: Flags) -> Result<(), String> {
     let transport = TcpTransport::new(id, cluster_id, peers);
     let waiters = Arc::new(machine::Waiters::default());
     let (events, _) = tokio::sync::broadcast::channel(machine::WATCH_BUFFER_EVENTS);
-    let machine = machine::KvMachine::new(waiters.clone(), events.clone());
+    let history = Arc::new(std::sync::Mutex::new(machine::History::default()));
+    let machine = machine::KvMachine::new(waiters.clone(), events.clone(), history.clone());
     let engine = Engine::start(
         engine_config(&flags, data_dir.clone()),
         machine,
@@ -146,6 +147,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         engine: engine.clone(),
         waiters,
         events,
+        history,
         servers: Arc::new(flags.servers.clone()),
         cluster_id,
     };

@@ -27,6 +27,8 @@ pub struct Node {
     pub waiters: Arc<Waiters>,
     /// Applied change events, for Watch.
     pub events: broadcast::Sender<Arc<Vec<Event>>>,
+    /// Recent change events, for watches that start at a past index.
+    pub history: Arc<std::sync::Mutex<crate::machine::History>>,
     /// Client address of every server, by 1-based id.
     pub servers: Arc<Vec<String>>,
     /// This cluster's id.

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use rkv_engine::ReadLevel;
-use rkv_kv::{ClientSeq, Command, EventKind, Output, WriteOp};
+use rkv_kv::{ClientSeq, Command, Event, EventKind, Output, WriteOp};
 use rkv_raft::{MembershipChange, NodeId, Role};
 use rkv_wire::v1::kv_server::Kv;
 use rkv_wire::v1::{self, Consistency, Member, ResponseHeader};
@@ -93,6 +93,19 @@ impl KvService {
             .await
             .map_err(|e| self.node.engine_status(e))?;
         self.members().await
+    }
+}
+
+fn to_v1_event(e: Event) -> v1::Event {
+    let (kind, value) = match e.kind {
+        EventKind::Put(value) => (v1::EventKind::Put, value),
+        EventKind::Delete => (v1::EventKind::Delete, bytes::Bytes::new()),
+    };
+    v1::Event {
+        index: e.index,
+        kind: kind.into(),
+        key: e.key,
+        value,
     }
 }
 
@@ -219,46 +232,62 @@ impl Kv for KvService {
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let request = request.into_inner();
-        let applied = self.node.engine.observed().applied.0;
-        if request.start_index != 0 && request.start_index <= applied {
-            return Err(Status::out_of_range(format!(
-                "watch can start only after the applied index {applied} (history is not kept yet)"
-            )));
-        }
         let filter = request.filter;
         let header = self.header();
-        let stream = BroadcastStream::new(self.node.events.subscribe());
-        let stream = tokio_stream::StreamExt::filter_map(stream, move |batch| {
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(_) => {
-                    return Some(Err(Status::data_loss(
-                        "the watcher fell behind and missed events",
-                    )));
-                }
-            };
-            let events: Vec<v1::Event> = Arc::unwrap_or_clone(batch)
-                .into_iter()
-                .filter(|e| match &filter {
-                    Some(v1::watch_request::Filter::Key(key)) => e.key == *key,
-                    Some(v1::watch_request::Filter::Prefix(prefix)) => e.key.starts_with(prefix),
-                    None => true,
-                })
-                .map(|e| {
-                    let (kind, value) = match e.kind {
-                        EventKind::Put(value) => (v1::EventKind::Put, value),
-                        EventKind::Delete => (v1::EventKind::Delete, bytes::Bytes::new()),
-                    };
-                    v1::Event {
-                        index: e.index,
-                        kind: kind.into(),
-                        key: e.key,
-                        value,
+        // Subscribe before reading the history, so nothing falls in between; events seen
+        // in both are skipped by index.
+        let live = BroadcastStream::new(self.node.events.subscribe());
+        let past = match request.start_index {
+            0 => Vec::new(),
+            start => {
+                let history = self
+                    .node
+                    .history
+                    .lock()
+                    .map_err(|_| Status::internal("history lock"))?;
+                history.since(start).map_err(|oldest| {
+                    let mut status = Status::out_of_range(format!(
+                        "watch from {start}: events before {oldest} are no longer kept on this server"
+                    ));
+                    if let Ok(v) = oldest.to_string().parse() {
+                        status.metadata_mut().insert(rkv_wire::v1::errors::OLDEST_INDEX_KEY, v);
                     }
-                })
-                .collect();
-            (!events.is_empty()).then(|| Ok(v1::WatchResponse { header, events }))
+                    status
+                })?
+            }
+        };
+        let replayed_through = past.last().map_or(0, |e| e.index);
+        let matches = move |e: &Event| match &filter {
+            Some(v1::watch_request::Filter::Key(key)) => e.key == *key,
+            Some(v1::watch_request::Filter::Prefix(prefix)) => e.key.starts_with(prefix),
+            None => true,
+        };
+        let past: Vec<v1::Event> = past
+            .into_iter()
+            .filter(|e| matches(e))
+            .map(to_v1_event)
+            .collect();
+        let replay = (!past.is_empty()).then(|| {
+            Ok(v1::WatchResponse {
+                header,
+                events: past,
+            })
         });
+        let replay = tokio_stream::iter(replay);
+        let live = tokio_stream::StreamExt::filter_map(live, move |batch| match batch {
+            Ok(batch) => {
+                let events: Vec<v1::Event> = Arc::unwrap_or_clone(batch)
+                    .into_iter()
+                    .filter(|e| e.index > replayed_through && matches(e))
+                    .map(to_v1_event)
+                    .collect();
+                (!events.is_empty()).then(|| Ok(v1::WatchResponse { header, events }))
+            }
+            Err(_) => Some(Err(Status::data_loss(
+                "the watcher fell behind and missed events",
+            ))),
+        });
+        let stream = tokio_stream::StreamExt::chain(replay, live);
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -396,3 +396,46 @@ async fn a_fourth_server_joins_as_a_learner_is_promoted_and_a_member_is_removed(
         Some("removal".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_replays_past_changes_then_streams_new_ones() {
+    let cluster = Cluster::start(3, 3);
+    put_on_leader(&cluster, "w", "1").await;
+    put_on_leader(&cluster, "other", "x").await;
+    put_on_leader(&cluster, "w", "2").await;
+    // Watch from the beginning on a follower: the past comes first, in order, filtered.
+    let leader = cluster.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let deadline = Instant::now() + WAIT;
+    let mut stream = loop {
+        let request = v1::WatchRequest {
+            filter: Some(v1::watch_request::Filter::Key(b"w".to_vec().into())),
+            start_index: 1,
+        };
+        match cluster.v1(follower).await.watch(request).await {
+            Ok(response) => break response.into_inner(),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await; // polling a process
+            }
+            Err(status) => panic!("watch: {status}"),
+        }
+    };
+    let mut values = Vec::new();
+    while values.len() < 3 {
+        let response = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("in time")
+            .expect("stream")
+            .expect("open");
+        values.extend(
+            response
+                .events
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.value).into_owned()),
+        );
+        if values.len() == 2 {
+            put_on_leader(&cluster, "w", "3").await;
+        }
+    }
+    assert_eq!(values, ["1", "2", "3"]);
+}
