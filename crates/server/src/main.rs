@@ -3,6 +3,7 @@
 //! the client port plus `-peer-port-offset`, Prometheus metrics on `:590<id>/metrics`.
 
 mod flags;
+mod forward;
 mod identity;
 mod machine;
 mod metrics_http;
@@ -169,7 +170,7 @@ async fn run(flags: Flags) -> Result<(), String> {
                 .max_encoding_message_size(flags.maxgrpc),
         )
         .add_service(
-            KvServer::new(v1_service::KvService::new(node))
+            KvServer::new(forward::ForwardingKv::new(v1_service::KvService::new(node)))
                 .max_decoding_message_size(flags.maxgrpc)
                 .max_encoding_message_size(flags.maxgrpc),
         )

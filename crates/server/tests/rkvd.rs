@@ -439,3 +439,38 @@ async fn a_watch_replays_past_changes_then_streams_new_ones() {
     }
     assert_eq!(values, ["1", "2", "3"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_writes_to_the_leader() {
+    let cluster = Cluster::start(3, 3);
+    put_on_leader(&cluster, "warm", "up").await;
+    let leader = cluster.leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let mut client = cluster.v1(followers[0]).await;
+    let put = v1::PutRequest {
+        key: b"via".to_vec().into(),
+        value: b"follower".to_vec().into(),
+        session: None,
+    };
+    client
+        .put(put)
+        .await
+        .expect("a follower accepts a write and forwards it");
+    let swapped = client
+        .compare_and_swap(v1::CompareAndSwapRequest {
+            key: b"via".to_vec().into(),
+            expected: Some(b"follower".to_vec().into()),
+            new: Some(b"swapped".to_vec().into()),
+            session: None,
+        })
+        .await
+        .expect("forwarded compare-and-swap")
+        .into_inner();
+    assert!(swapped.swapped);
+    assert_eq!(
+        get(&cluster, followers[1], "via", Consistency::Linearizable)
+            .await
+            .expect("read"),
+        Some("swapped".into())
+    );
+}
