@@ -191,13 +191,15 @@ async fn reads_at_every_level_on_every_node_and_compare_and_swap() {
             Some("1".into())
         );
     }
+    // Lease reads on a follower are confirmed by the leader; a stale read after a
+    // linearizable one on the same node cannot go back in time.
+    for id in 1..=3 {
+        for level in [Consistency::Lease, Consistency::Stale] {
+            let value = get(&cluster, id, "x", level).await.expect("read");
+            assert_eq!(value, Some("1".into()), "node {id} at {level:?}");
+        }
+    }
     let leader = cluster.leader().await;
-    assert_eq!(
-        get(&cluster, leader, "x", Consistency::Lease)
-            .await
-            .expect("read"),
-        Some("1".into())
-    );
     let mut client = cluster.v1(leader).await;
     let cas = |expected: Option<&str>, new: &str| v1::CompareAndSwapRequest {
         key: b"x".to_vec().into(),
@@ -472,5 +474,36 @@ async fn a_follower_forwards_writes_to_the_leader() {
             .await
             .expect("read"),
         Some("swapped".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_refused_and_the_server_keeps_serving() {
+    let cluster = Cluster::start_with(3, 3, &["-servermetrics=false", "-maxgrpc", "4096"]);
+    put_on_leader(&cluster, "small", "ok").await;
+    let leader = cluster.leader().await;
+    let huge = v1::PutRequest {
+        key: b"big".to_vec().into(),
+        value: vec![b'x'; 64 * 1024].into(),
+        session: None,
+    };
+    let status = cluster
+        .v1(leader)
+        .await
+        .put(huge)
+        .await
+        .expect_err("over -maxgrpc");
+    assert!(
+        matches!(
+            status.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{status}"
+    );
+    assert_eq!(
+        get(&cluster, leader, "small", Consistency::Linearizable)
+            .await
+            .expect("still serving"),
+        Some("ok".into())
     );
 }
