@@ -146,6 +146,21 @@ enum Verdict {
     SameServer,
 }
 
+/// Whether a transport failure happened before any request could be sent: tonic
+/// reports a failed connect (refused, unreachable, timed out) with these words.
+fn never_connected(status: &Status) -> bool {
+    let message = status.message().to_ascii_lowercase();
+    reason(status).is_none()
+        && [
+            "connection refused",
+            "error trying to connect",
+            "tcp connect error",
+            "dns error",
+        ]
+        .iter()
+        .any(|m| message.contains(m))
+}
+
 fn classify(status: &Status) -> Verdict {
     let why = reason(status);
     match status.code() {
@@ -158,9 +173,10 @@ fn classify(status: &Status) -> Verdict {
                 .map(str::to_string),
         ),
         Code::Unavailable => Verdict::OtherServer {
-            // A transport failure before sending, or a stopping node, applied nothing;
-            // outcome-unknown means proposed and then leadership was lost.
-            maybe_applied: why == Some(errors::OUTCOME_UNKNOWN),
+            // Nothing was applied for sure only when the server said it stopped before
+            // taking the call, or the connection was never made; any other transport
+            // failure may have struck after the call was applied.
+            maybe_applied: why != Some(errors::STOPPED) && !never_connected(status),
         },
         Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
             Verdict::OtherServer {

@@ -259,12 +259,14 @@ impl<S: StateMachine> Engine<S> {
             .unwrap_or_else(|| "shut down".into())
     }
 
+    /// Waits for an answer. A reply channel closed without one means the node task
+    /// ended while the request was in it: for a write, whether it applies is unknown.
     async fn wait<T>(
         &self,
         rx: oneshot::Receiver<Result<T, EngineError>>,
+        closed: fn(String) -> EngineError,
     ) -> Result<T, EngineError> {
-        rx.await
-            .unwrap_or_else(|_| Err(EngineError::Stopped(self.stop_reason())))
+        rx.await.unwrap_or_else(|_| Err(closed(self.stop_reason())))
     }
 
     /// Proposes a command; resolves once it is applied, with the state machine's output.
@@ -273,7 +275,7 @@ impl<S: StateMachine> Engine<S> {
     pub async fn propose(&self, command: Bytes) -> Result<S::Output, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Input::Propose { command, reply })?;
-        self.wait(rx).await
+        self.wait(rx, EngineError::OutcomeUnknown).await
     }
 
     /// Runs `read` against the state machine once it is safe at `level`.
@@ -287,21 +289,21 @@ impl<S: StateMachine> Engine<S> {
             let _ = reply.send(state.map(read));
         });
         self.submit(Input::Read { level, run })?;
-        self.wait(rx).await
+        self.wait(rx, EngineError::Stopped).await
     }
 
     /// Changes the membership; resolves once the change is applied.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<Index, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Input::ChangeMembership { change, reply })?;
-        self.wait(rx).await
+        self.wait(rx, EngineError::OutcomeUnknown).await
     }
 
     /// Starts handing leadership to `target`.
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), EngineError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Input::Transfer { target, reply })?;
-        self.wait(rx).await
+        self.wait(rx, EngineError::Stopped).await
     }
 
     /// The core's full status (membership, per-peer progress, ...).
@@ -397,10 +399,20 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         tick: Duration,
     ) {
         let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Burst: ticks missed while the task was busy are all delivered, so the core's
+        // logical clock never falls behind wall time (a lagging clock would stretch a
+        // leader's lease past the moment its followers may elect someone else).
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         while self.stopped.is_none() {
             tokio::select! {
                 biased;
+                _ = ticker.tick() => {
+                    self.raft.tick();
+                    self.ticks += 1;
+                    if self.ticks.is_multiple_of(PEER_METRICS_TICKS) {
+                        self.record_peer_lag();
+                    }
+                }
                 Some(event) = log_events.recv() => {
                     self.on_log_event(event);
                     while let Ok(event) = log_events.try_recv() {
@@ -423,13 +435,6 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                     }
                 }
                 Some((meta, data)) = self.encoded.1.recv() => self.on_snapshot_encoded(meta, data),
-                _ = ticker.tick() => {
-                    self.raft.tick();
-                    self.ticks += 1;
-                    if self.ticks.is_multiple_of(PEER_METRICS_TICKS) {
-                        self.record_peer_lag();
-                    }
-                }
             }
             let actions = self.raft.take_actions();
             self.perform(actions);
@@ -449,7 +454,11 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             Input::Propose { command, reply } => match self.raft.propose(command) {
                 Ok((term, index)) => {
                     metrics::counter!("rkv_proposals_total").increment(1);
-                    self.proposals.insert(index, (term, reply, Instant::now()));
+                    let replaced = self.proposals.insert(index, (term, reply, Instant::now()));
+                    if let Some((_, old, _)) = replaced {
+                        // An earlier proposal of ours held this index and was overwritten.
+                        let _ = old.send(Err(EngineError::Dropped));
+                    }
                 }
                 Err(e) => {
                     metrics::counter!("rkv_proposals_refused_total").increment(1);
@@ -567,7 +576,11 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                     self.applied = snapshot.meta.index;
                     self.last_snapshot = snapshot.meta.index;
                     self.installing = Some(snapshot.meta.index);
-                    self.fail_superseded_proposals();
+                    // The snapshot may or may not contain them: their outcome is unknown.
+                    self.fail_superseded_proposals(|| {
+                        EngineError::OutcomeUnknown("covered by a snapshot from the leader".into())
+                    });
+                    self.drain_ready_reads();
                     self.write(Request::SaveSnapshot(snapshot));
                 }
                 Action::CompactLog(index) => self.write(Request::Compact(index)),
@@ -634,7 +647,15 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             }
             self.applied = entry.index;
         }
-        self.fail_superseded_proposals();
+        // Applied entries covered every index up to here: a proposal of ours there that
+        // was not answered lost its place to another leader's entry.
+        self.fail_superseded_proposals(|| EngineError::Dropped);
+        self.drain_ready_reads();
+        self.maybe_snapshot();
+    }
+
+    /// Serves the confirmed reads the state machine has caught up with.
+    fn drain_ready_reads(&mut self) {
         while self
             .ready_reads
             .front()
@@ -644,18 +665,18 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                 run(Ok(&self.state_machine));
             }
         }
-        self.maybe_snapshot();
     }
 
-    /// Proposals at or below the applied index that were not answered lost their place.
-    fn fail_superseded_proposals(&mut self) {
+    /// Answers the proposals and membership changes at or below the applied index that
+    /// are still waiting.
+    fn fail_superseded_proposals(&mut self, error: impl Fn() -> EngineError) {
         let keep = self.proposals.split_off(&self.applied.next());
         for (_, (_, reply, _)) in std::mem::replace(&mut self.proposals, keep) {
-            let _ = reply.send(Err(EngineError::Dropped));
+            let _ = reply.send(Err(error()));
         }
         let keep = self.changes.split_off(&self.applied.next());
         for (_, (_, reply)) in std::mem::replace(&mut self.changes, keep) {
-            let _ = reply.send(Err(EngineError::Dropped));
+            let _ = reply.send(Err(error()));
         }
     }
 
@@ -725,11 +746,13 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
 
     fn shutdown(&mut self) {
         let reason = self.stopped.clone().unwrap_or_else(|| "shut down".into());
+        self.stopped = Some(reason.clone());
+        // Proposals in flight may still commit through the other nodes.
         for (_, (_, reply, _)) in std::mem::take(&mut self.proposals) {
-            let _ = reply.send(Err(EngineError::Stopped(reason.clone())));
+            let _ = reply.send(Err(EngineError::OutcomeUnknown(reason.clone())));
         }
         for (_, (_, reply)) in std::mem::take(&mut self.changes) {
-            let _ = reply.send(Err(EngineError::Stopped(reason.clone())));
+            let _ = reply.send(Err(EngineError::OutcomeUnknown(reason.clone())));
         }
         for (_, run) in std::mem::take(&mut self.reads) {
             run(Err(EngineError::Stopped(reason.clone())));

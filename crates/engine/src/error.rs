@@ -21,6 +21,12 @@ pub enum EngineError {
     Dropped,
     /// The request is invalid (for example too large) and retrying will not help.
     Invalid(String),
+    /// A write or membership change was accepted but its fate is unknown (the node
+    /// stopped, or a snapshot from the leader replaced the log around it): it may or may
+    /// not be applied. Retry only through a session (exactly-once) or after reading.
+    OutcomeUnknown(String),
+    /// A read could not be confirmed in time (no leader answered); retry.
+    Unavailable(String),
     /// The node has stopped (shut down or a fatal storage error): the operator must act.
     Stopped(String),
 }
@@ -39,6 +45,8 @@ impl fmt::Display for EngineError {
             EngineError::Busy(why) => write!(f, "busy: {why}"),
             EngineError::Dropped => write!(f, "the proposal lost its log position; retry"),
             EngineError::Invalid(why) => write!(f, "invalid request: {why}"),
+            EngineError::OutcomeUnknown(why) => write!(f, "outcome unknown: {why}"),
+            EngineError::Unavailable(why) => write!(f, "unavailable: {why}"),
             EngineError::Stopped(why) => write!(f, "the node has stopped: {why}"),
         }
     }

@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rkv_raft::{Message, NodeId};
-use rkv_wire::peer::{DEFAULT_MAX_FRAME_BYTES, Frame, FrameCodec, Hello, WireError};
+use rkv_wire::peer::{
+    DEFAULT_MAX_FRAME_BYTES, Frame, FrameCodec, Hello, MESSAGES_BODY_OVERHEAD_BYTES_MAX, WireError,
+    encoded_len,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -87,8 +90,14 @@ impl TcpTransport {
     /// Runs until the inbox closes (the node stopped).
     pub async fn serve(&self, listener: TcpListener, inbox: PeerInbox) {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(BACKOFF_MAX).await;
+                    continue;
+                }
             };
             if inbox.is_closed() {
                 return;
@@ -285,10 +294,26 @@ async fn dial_loop(
     let mut backoff = BACKOFF_MIN;
     loop {
         let address = addresses.read().ok().and_then(|a| a.get(&peer).copied());
+        let mut connected = false;
         let result = match address {
-            Some(address) => send_over(local, peer, cluster_id, address, &mut queue, &stats).await,
+            Some(address) => {
+                send_over(
+                    local,
+                    peer,
+                    cluster_id,
+                    address,
+                    &mut queue,
+                    &stats,
+                    &mut connected,
+                )
+                .await
+            }
             None => Err(TransportError::Closed),
         };
+        if connected {
+            // The link worked: a later drop starts the back-off afresh.
+            backoff = BACKOFF_MIN;
+        }
         match result {
             Ok(()) => return, // the node stopped: the queue closed
             Err(e) => {
@@ -319,6 +344,7 @@ async fn send_over(
     address: SocketAddr,
     queue: &mut mpsc::Receiver<Message>,
     stats: &TransportStats,
+    connected: &mut bool,
 ) -> Result<(), TransportError> {
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
@@ -338,21 +364,42 @@ async fn send_over(
     stats.connects.fetch_add(1, Ordering::Relaxed);
     // The peer never writes after its HELLO; reading tells us when it goes away.
     let mut closed = Box::pin(async move { reader.next().await });
+    *connected = true;
     let mut batch = Vec::with_capacity(FRAME_MESSAGES_MAX);
     let mut buffer = BytesMut::new();
+    // A message taken off the queue that did not fit in the previous frame.
+    let mut carried: Option<Message> = None;
+    let frame_body_max = DEFAULT_MAX_FRAME_BYTES as usize - MESSAGES_BODY_OVERHEAD_BYTES_MAX;
     loop {
-        let first = tokio::select! {
-            message = queue.recv() => match message {
-                Some(message) => message,
-                None => return Ok(()),
+        let first = match carried.take() {
+            Some(message) => message,
+            None => tokio::select! {
+                message = queue.recv() => match message {
+                    Some(message) => message,
+                    None => return Ok(()),
+                },
+                result = &mut closed => {
+                    return Err(result.err().unwrap_or(TransportError::Closed));
+                }
             },
-            result = &mut closed => {
-                return Err(result.err().unwrap_or(TransportError::Closed));
-            }
         };
+        let mut size = encoded_len(&first);
+        if size > frame_body_max {
+            // The core bounds messages well below a frame; one this large cannot be sent.
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, size, "dropped a message larger than a peer frame");
+            continue;
+        }
         batch.push(first);
+        // Fill the frame with what else is queued, by count and by bytes.
         while batch.len() < FRAME_MESSAGES_MAX {
             let Ok(message) = queue.try_recv() else { break };
+            let len = encoded_len(&message);
+            if size + len > frame_body_max {
+                carried = Some(message);
+                break;
+            }
+            size += len;
             batch.push(message);
         }
         buffer.clear();

@@ -93,7 +93,22 @@ impl ForwardingKv {
         request
             .metadata_mut()
             .insert(FORWARDED_KEY, MetadataValue::from_static("1"));
-        there(client, request).await
+        there(client, request).await.map_err(|status| {
+            if status.metadata().contains_key(errors::ERROR_KEY) {
+                return status;
+            }
+            // The leader's own answers carry a reason; a bare failure is the link to it,
+            // which may have broken after the leader applied the call.
+            let mut unknown = Status::unavailable(format!(
+                "forwarding to the leader failed ({}); the call may or may not have been applied",
+                status.message()
+            ));
+            unknown.metadata_mut().insert(
+                errors::ERROR_KEY,
+                MetadataValue::from_static(errors::OUTCOME_UNKNOWN),
+            );
+            unknown
+        })
     }
 }
 

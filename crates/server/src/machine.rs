@@ -30,12 +30,9 @@ impl History {
         if start < self.from {
             return Err(self.from);
         }
-        Ok(self
-            .events
-            .iter()
-            .filter(|e| e.index >= start)
-            .cloned()
-            .collect())
+        // Events are in index order: skip to the first wanted one.
+        let first = self.events.partition_point(|e| e.index < start);
+        Ok(self.events.range(first..).cloned().collect())
     }
 
     fn push(&mut self, events: &[Event]) {
@@ -167,6 +164,9 @@ impl rkv_engine::StateMachine for KvMachine {
         if let Ok(mut history) = self.history.lock() {
             history.reset(snapshot.meta.index.0);
         }
+        // Watchers of this replica cannot see what the snapshot skipped: an empty batch
+        // tells them their stream has a gap.
+        let _ = self.events.send(Arc::new(Vec::new()));
         Ok(())
     }
 }

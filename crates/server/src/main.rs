@@ -44,6 +44,10 @@ fn peer_address(server: &str, offset: u16) -> Result<SocketAddr, String> {
     Ok(address)
 }
 
+/// The largest Raft message rkvd lets the core build: half a peer frame, so that a
+/// frame always holds at least one (and batches of smaller ones).
+const PEER_MESSAGE_BYTES_MAX: usize = rkv_wire::peer::DEFAULT_MAX_FRAME_BYTES as usize / 2;
+
 fn engine_config(flags: &Flags, data_dir: PathBuf) -> EngineConfig {
     let id = NodeId(flags.id);
     let mut config = EngineConfig::new(id, data_dir);
@@ -61,7 +65,8 @@ fn engine_config(flags: &Flags, data_dir: PathBuf) -> EngineConfig {
         1
     };
     config.raft.catchup_multiplier = usize::try_from(flags.catchupmultiplier).unwrap_or(1024);
-    config.raft.max_msg_bytes = flags.maxgrpc;
+    // -maxgrpc bounds client messages; peer messages must also fit a peer frame.
+    config.raft.max_msg_bytes = flags.maxgrpc.min(PEER_MESSAGE_BYTES_MAX);
     config.cache_entries = usize::try_from(flags.cache)
         .unwrap_or(usize::MAX)
         .min(1 << 20);
@@ -179,7 +184,19 @@ async fn run(flags: Flags) -> Result<(), String> {
             shutdown,
         )
         .await
-        .map_err(|e| format!("serving gRPC: {e}"))
+        .map_err(|e| format!("serving gRPC: {e}"))?;
+    // Let the node task finish (answer what is pending, close the log) before exiting.
+    let mut observed = engine.watch();
+    drop(engine);
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while observed.borrow_and_update().stopped.is_none() {
+            if observed.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let _ = stopped.await;
+    Ok(())
 }
 
 fn main() -> ExitCode {

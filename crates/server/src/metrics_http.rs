@@ -33,6 +33,15 @@ pub async fn start(
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| format!("installing the metrics recorder: {e}"))?;
+    // The recorder leaves its upkeep (draining histograms) to us.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
         format!(
             "binding the metrics address {address}: {e} (use -metrics-addr or -servermetrics=false)"

@@ -18,7 +18,7 @@ use rkv_wire::rkvpb::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::service::{Node, now_ms, output_status};
+use crate::service::{Node, now_ms};
 
 /// What Lookup answers for a key that is not there, as the original did.
 pub const MISSING_VALUE: &str = "(none)";
@@ -133,8 +133,8 @@ impl Rkv for RkvService {
             key: Bytes::from(request.key),
             value: Bytes::from(request.value),
         };
-        let applied = self.node.write(op, Some(session)).await?;
-        output_status(&applied.output)?;
+        // `write` has already turned a refusal by the state machine into an error.
+        self.node.write(op, Some(session)).await?;
         Ok(Response::new(InsertResponse { ok: true }))
     }
 
@@ -145,13 +145,11 @@ impl Rkv for RkvService {
         let key = request.into_inner().key;
         let value = self
             .node
-            .engine
             .read(
                 ReadLevel::Linearizable,
                 move |m: &crate::machine::KvMachine| m.kv.get(key.as_bytes()).cloned(),
             )
-            .await
-            .map_err(|e| self.node.engine_status(e))?;
+            .await?;
         let value = match value {
             Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             None => MISSING_VALUE.to_string(),

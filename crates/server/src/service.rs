@@ -94,7 +94,29 @@ impl Node {
                 status(Code::InvalidArgument, errors::INVALID_ARGUMENT, why)
             }
             EngineError::Stopped(why) => status(Code::Unavailable, errors::STOPPED, why),
+            EngineError::OutcomeUnknown(why) => status(
+                Code::Unavailable,
+                errors::OUTCOME_UNKNOWN,
+                format!("{why}; the write may or may not be applied"),
+            ),
+            EngineError::Unavailable(why) => status(Code::Unavailable, errors::NOT_LEADER, why),
             other => status(Code::Internal, errors::INTERNAL, other.to_string()),
+        }
+    }
+
+    /// Reads at `level`, waiting (bounded) for the read to be confirmed and applied.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        level: rkv_engine::ReadLevel,
+        read: impl FnOnce(&KvMachine) -> R + Send + 'static,
+    ) -> Result<R, Status> {
+        match tokio::time::timeout(PROPOSAL_TIMEOUT, self.engine.read(level, read)).await {
+            Ok(result) => result.map_err(|e| self.engine_status(e)),
+            Err(_) => Err(status(
+                Code::Unavailable,
+                errors::NOT_LEADER,
+                format!("the read was not confirmed within {PROPOSAL_TIMEOUT:?}; retry"),
+            )),
         }
     }
 

@@ -62,11 +62,7 @@ impl KvService {
         consistency: i32,
         read: impl FnOnce(&KvMachine) -> R + Send + 'static,
     ) -> Result<R, Status> {
-        self.node
-            .engine
-            .read(level(consistency), read)
-            .await
-            .map_err(|e| self.node.engine_status(e))
+        self.node.read(level(consistency), read).await
     }
 
     async fn members(&self) -> Result<Vec<Member>, Status> {
@@ -256,7 +252,11 @@ impl Kv for KvService {
                 })?
             }
         };
-        let replayed_through = past.last().map_or(0, |e| e.index);
+        // Live events already replayed, or before the requested start, are skipped.
+        let replayed_through = past
+            .last()
+            .map_or(0, |e| e.index)
+            .max(request.start_index.saturating_sub(1));
         let matches = move |e: &Event| match &filter {
             Some(v1::watch_request::Filter::Key(key)) => e.key == *key,
             Some(v1::watch_request::Filter::Prefix(prefix)) => e.key.starts_with(prefix),
@@ -275,6 +275,9 @@ impl Kv for KvService {
         });
         let replay = tokio_stream::iter(replay);
         let live = tokio_stream::StreamExt::filter_map(live, move |batch| match batch {
+            Ok(batch) if batch.is_empty() => Some(Err(Status::data_loss(
+                "this server installed a snapshot and cannot show the changes it covered; watch again from a later index",
+            ))),
             Ok(batch) => {
                 let events: Vec<v1::Event> = Arc::unwrap_or_clone(batch)
                     .into_iter()
