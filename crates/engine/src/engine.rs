@@ -141,6 +141,11 @@ impl<S: StateMachine> Engine<S> {
         transport: impl Transport,
     ) -> Result<Engine<S>, StartError> {
         config.raft.validate().map_err(StartError::Config)?;
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_threaded {
+            return Err(StartError::Runtime);
+        }
         let options = FileLogOptions {
             sync: config.sync,
             cache_entries: config.cache_entries,
@@ -170,8 +175,11 @@ impl<S: StateMachine> Engine<S> {
         let raft =
             RaftNode::new(config.raft.clone(), recovered, seed).map_err(StartError::Config)?;
 
-        // Writer events: at most one per request, so this capacity is never reached and
-        // the writer thread never waits on the node task (which may wait on the writer).
+        // Writer events: at most one per request (one Durable per batch of appends). The
+        // writer could only block here if the node handed it more than this many requests
+        // without reading a single event in between, while itself blocked on a full
+        // writer queue; the node reads events first in every turn of its loop, and one
+        // turn submits far fewer requests than this holds.
         let (log_tx, log_rx) =
             mpsc::channel(config.log_queue_capacity + rkv_log::BATCH_REQUESTS_MAX + 16);
         let writer = LogWriter::spawn(store, config.log_queue_capacity, move |event| {

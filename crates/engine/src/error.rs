@@ -111,6 +111,9 @@ pub enum StartError {
     Config(rkv_raft::ConfigError),
     /// The stored snapshot could not be restored into the state machine.
     Snapshot(String),
+    /// Not started on a multi-threaded tokio runtime (the node task may wait on the log
+    /// writer with `block_in_place`, which needs one).
+    Runtime,
 }
 
 impl fmt::Display for StartError {
@@ -119,6 +122,7 @@ impl fmt::Display for StartError {
             StartError::Log(e) => write!(f, "opening the log: {e}"),
             StartError::Config(e) => e.fmt(f),
             StartError::Snapshot(e) => write!(f, "restoring the snapshot: {e}"),
+            StartError::Runtime => write!(f, "the engine needs a multi-threaded tokio runtime"),
         }
     }
 }

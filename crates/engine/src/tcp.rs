@@ -34,6 +34,8 @@ const PEER_QUEUE_MESSAGES: usize = 8192;
 const FRAME_MESSAGES_MAX: usize = 1024;
 /// Longest wait for a peer's HELLO.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a frame may take to write before the connection is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -163,6 +165,7 @@ enum TransportError {
     Wire(WireError),
     Closed,
     HelloTimeout,
+    WriteTimeout,
 }
 
 impl std::fmt::Display for TransportError {
@@ -172,6 +175,9 @@ impl std::fmt::Display for TransportError {
             TransportError::Wire(e) => write!(f, "{e}"),
             TransportError::Closed => write!(f, "closed by the peer"),
             TransportError::HelloTimeout => write!(f, "no HELLO within {HELLO_TIMEOUT:?}"),
+            TransportError::WriteTimeout => {
+                write!(f, "a frame took over {WRITE_TIMEOUT:?} to write")
+            }
         }
     }
 }
@@ -404,6 +410,9 @@ async fn send_over(
         }
         buffer.clear();
         Frame::Messages(std::mem::take(&mut batch)).encode(&mut buffer, DEFAULT_MAX_FRAME_BYTES)?;
-        write.write_all(&buffer).await?;
+        // A peer that vanished without closing (power loss) must not stall the link.
+        tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&buffer))
+            .await
+            .map_err(|_| TransportError::WriteTimeout)??;
     }
 }
