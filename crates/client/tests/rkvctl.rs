@@ -70,19 +70,23 @@ fn everyday_commands_work_with_script_friendly_exit_codes() {
     for consistency in ["linearizable", "lease", "stale"] {
         // A stale read may lag the leader; the write above was acknowledged only once
         // applied on a majority, so poll a stale read until it shows up.
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
+        let attempt = || {
             let get = cluster.run(&["get", "fruit/apple", "-consistency", consistency]);
             if get.status.success() {
-                assert_eq!(stdout(&get), "red\n", "{consistency}");
-                break;
+                Ok(get)
+            } else {
+                Err(get)
             }
-            assert!(
-                consistency == "stale" && std::time::Instant::now() < deadline,
-                "get -consistency {consistency}: {}",
-                stderr(&get)
-            );
-            std::thread::sleep(common::POLL); // polling a follower's applied state
+        };
+        // Linearizable and lease reads must succeed at once; only a stale one may retry.
+        let get = if consistency == "stale" {
+            common::eventually(attempt)
+        } else {
+            attempt()
+        };
+        match get {
+            Ok(get) => assert_eq!(stdout(&get), "red\n", "{consistency}"),
+            Err(get) => panic!("get -consistency {consistency}: {}", stderr(&get)),
         }
     }
 

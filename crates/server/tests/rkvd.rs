@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{Cluster, WAIT, rkvd_output};
+use common::{Cluster, WAIT, eventually, rkvd_output};
 use rkv_wire::rkvpb::{InsertRequest, LookupRequest, RegisterRequest};
 use rkv_wire::v1::{self, Consistency};
 use tonic::Code;
@@ -158,17 +158,14 @@ async fn kill_9_of_the_leader_loses_nothing_and_the_node_resumes_from_its_direct
     assert_ne!(new, old, "a new leader took over");
     cluster.boot(old);
     // The restarted node catches up and serves linearizable reads with everything.
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let value = eventually("the restarted node serves reads", async || {
         match get(&cluster, old, "after", Consistency::Linearizable).await {
-            Ok(Some(v)) => {
-                assert_eq!(v, "failover");
-                break;
-            }
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await, // polling a restarting process
-            other => panic!("restarted node: {other:?}"),
+            Ok(Some(v)) => Ok(v),
+            other => Err(format!("{other:?}")),
         }
-    }
+    })
+    .await;
+    assert_eq!(value, "failover");
     for id in 1..=3 {
         for i in [0, 17, 29] {
             let value = get(&cluster, id, &format!("k{i}"), Consistency::Linearizable)
@@ -293,14 +290,13 @@ async fn metrics_are_served_in_prometheus_text_format() {
     for i in 0..5 {
         put_on_leader(&cluster, &format!("m{i}"), "x").await;
     }
-    let deadline = Instant::now() + WAIT;
-    let body = loop {
+    let body = eventually("metrics", async || {
         match http_get(&metrics, "/metrics").await {
-            Ok(body) if body.contains("rkv_applied_entries_total") => break body,
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await, // polling a process
-            other => panic!("no metrics: {other:?}"),
+            Ok(body) if body.contains("rkv_applied_entries_total") => Ok(body),
+            other => Err(format!("{other:?}")),
         }
-    };
+    })
+    .await;
     assert!(
         body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200"),
         "{body}"
@@ -327,11 +323,10 @@ enum Change {
 /// Asks the leader for `change` until it is accepted (the leader may change, and a
 /// promotion is refused until the learner has caught up).
 async fn change_members(cluster: &Cluster, change: Change) -> Vec<v1::Member> {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(&format!("{change:?}"), async || {
         let leader = cluster.leader().await;
         let mut client = cluster.v1(leader).await;
-        let result = match change {
+        match change {
             Change::Add(id) => client
                 .member_add(v1::MemberAddRequest {
                     id,
@@ -348,16 +343,9 @@ async fn change_members(cluster: &Cluster, change: Change) -> Vec<v1::Member> {
                 .member_remove(v1::MemberRemoveRequest { id })
                 .await
                 .map(|r| r.into_inner().members),
-        };
-        match result {
-            Ok(members) => return members,
-            Err(_) if Instant::now() < deadline => {
-                // Polling: an election, or a learner still catching up.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(status) => panic!("{change:?}: {status}"),
         }
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,20 +396,19 @@ async fn a_watch_replays_past_changes_then_streams_new_ones() {
     // Watch from the beginning on a follower: the past comes first, in order, filtered.
     let leader = cluster.leader().await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
-    let deadline = Instant::now() + WAIT;
-    let mut stream = loop {
+    let mut stream = eventually("a watch on a follower", async || {
         let request = v1::WatchRequest {
             filter: Some(v1::watch_request::Filter::Key(b"w".to_vec().into())),
             start_index: 1,
         };
-        match cluster.v1(follower).await.watch(request).await {
-            Ok(response) => break response.into_inner(),
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await; // polling a process
-            }
-            Err(status) => panic!("watch: {status}"),
-        }
-    };
+        cluster
+            .v1(follower)
+            .await
+            .watch(request)
+            .await
+            .map(|r| r.into_inner())
+    })
+    .await;
     let mut values = Vec::new();
     while values.len() < 3 {
         let response = tokio::time::timeout(WAIT, stream.message())

@@ -20,6 +20,22 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// Pause between two polls of a real process (its status or its exit).
 pub const POLL: Duration = Duration::from_millis(50);
 
+/// Tries `attempt` until it returns a value, at most for [`WAIT`].
+///
+/// Real processes can only be observed by asking them, so this is the one place where
+/// the tests poll: every [`POLL`], bounded by the deadline. After the deadline it returns
+/// `Err` with the last failure, for the caller's message.
+pub fn eventually<T, E>(mut attempt: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(POLL), // the poll interval: see the doc above
+        }
+    }
+}
+
 /// The rkvd binary of this build, or a panic saying how to build it.
 pub fn rkvd_path() -> PathBuf {
     let test_exe = std::env::current_exe().expect("the test executable's path");
@@ -135,22 +151,19 @@ impl Cluster {
 
     /// Waits until one founder reports itself leader (polling `rkvctl status`).
     pub fn wait_for_leader(&self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        let found = eventually(|| {
             let output = self.run(&["status"]);
-            let text = String::from_utf8_lossy(&output.stdout);
-            if text
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            let leads = text
                 .lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("leader"))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
+                .any(|l| l.split_whitespace().nth(2) == Some("leader"));
+            if leads { Ok(()) } else { Err(text) }
+        });
+        if let Err(text) = found {
+            panic!(
                 "no leader within {WAIT:?}; last status:\n{text}{}",
                 self.logs()
             );
-            std::thread::sleep(POLL); // polling real processes' status
         }
     }
 
@@ -182,22 +195,20 @@ impl Running {
     /// Waits (polling, bounded by [`WAIT`]) for the process to exit; its output.
     pub fn wait(mut self) -> Output {
         let mut child = self.0.take().expect("running");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                return child.wait_with_output().expect("output");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let output = child.wait_with_output().expect("output");
-                panic!(
-                    "the process did not exit within {WAIT:?}; stdout:\n{}\nstderr:\n{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            std::thread::sleep(POLL); // polling a real process for its exit
+        let exited = eventually(|| match child.try_wait().expect("try_wait") {
+            Some(_) => Ok(()),
+            None => Err(()),
+        });
+        if exited.is_err() {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "the process did not exit within {WAIT:?}; stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
+        child.wait_with_output().expect("output")
     }
 }
 

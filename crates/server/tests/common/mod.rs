@@ -16,6 +16,29 @@ use tonic::transport::Channel;
 pub const PEER_OFFSET: u16 = 1000;
 /// Generous bound for anything cluster-wide to happen.
 pub const WAIT: Duration = Duration::from_secs(30);
+/// How often [`eventually`] asks again.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Tries `attempt` until it succeeds, at most for [`WAIT`], and returns its value.
+///
+/// Real processes can only be observed by asking them, so this is the one place where
+/// the tests poll: every [`POLL`], bounded by the deadline, panicking with `what` and the
+/// last error when it passes.
+pub async fn eventually<T, E: std::fmt::Debug>(
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    let mut every = tokio::time::interval(POLL);
+    loop {
+        every.tick().await;
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() >= deadline => panic!("{what}: not within {WAIT:?}: {e:?}"),
+            Err(_) => {}
+        }
+    }
+}
 
 /// Picks a client port whose peer port (+ offset) is free too.
 pub fn free_port() -> u16 {
@@ -197,19 +220,18 @@ impl Cluster {
 
     /// The id of the leader as the running servers report it, waiting until they agree.
     pub async fn leader(&self) -> u64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        eventually("a leader", async || {
             for server in self.servers.iter().filter(|s| s.is_up()) {
                 let mut client = self.v1(server.id).await;
                 if let Ok(status) = client.status(rkv_wire::v1::StatusRequest {}).await {
                     let status = status.into_inner();
                     if status.role == rkv_wire::v1::Role::Leader as i32 {
-                        return status.id;
+                        return Ok(status.id);
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await; // polling a real process's status
-        }
+            Err("no server reports being the leader")
+        })
+        .await
     }
 }
