@@ -11,7 +11,7 @@
 //! refused with a reason the other side can print.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use rkv_wire::peer::{
     encoded_len,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::transport::{PeerInbox, Transport};
@@ -58,6 +58,7 @@ pub struct TcpTransport {
     addresses: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
     queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
     stats: Arc<TransportStats>,
+    source: Option<IpAddr>,
 }
 
 impl TcpTransport {
@@ -73,7 +74,16 @@ impl TcpTransport {
             addresses: Arc::new(RwLock::new(addresses)),
             queues: BTreeMap::new(),
             stats: Arc::new(TransportStats::default()),
+            source: None,
         }
+    }
+
+    /// Dials peers from `source` instead of the address the kernel would pick. A node
+    /// listening on its own address (one of several on a machine, e.g. 127.0.0.11)
+    /// then appears to its peers, and to packet filters, as that address.
+    pub fn with_source_address(mut self, source: IpAddr) -> TcpTransport {
+        self.source = Some(source);
+        self
     }
 
     /// Learns (or changes) a peer's address, e.g. when a server is added.
@@ -126,10 +136,12 @@ impl TcpTransport {
 
     fn queue_for(&mut self, peer: NodeId) -> &mpsc::Sender<Message> {
         let (local, cluster_id) = (self.local, self.cluster_id);
-        let (addresses, stats) = (self.addresses.clone(), self.stats.clone());
+        let (addresses, stats, source) = (self.addresses.clone(), self.stats.clone(), self.source);
         self.queues.entry(peer).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
-            tokio::spawn(dial_loop(local, peer, cluster_id, addresses, rx, stats));
+            tokio::spawn(dial_loop(
+                local, peer, cluster_id, source, addresses, rx, stats,
+            ));
             tx
         })
     }
@@ -293,6 +305,7 @@ async fn dial_loop(
     local: NodeId,
     peer: NodeId,
     cluster_id: u64,
+    source: Option<IpAddr>,
     addresses: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,
     mut queue: mpsc::Receiver<Message>,
     stats: Arc<TransportStats>,
@@ -307,7 +320,7 @@ async fn dial_loop(
                     local,
                     peer,
                     cluster_id,
-                    address,
+                    (source, address),
                     &mut queue,
                     &stats,
                     &mut connected,
@@ -347,12 +360,23 @@ async fn send_over(
     local: NodeId,
     peer: NodeId,
     cluster_id: u64,
-    address: SocketAddr,
+    (source, address): (Option<IpAddr>, SocketAddr),
     queue: &mut mpsc::Receiver<Message>,
     stats: &TransportStats,
     connected: &mut bool,
 ) -> Result<(), TransportError> {
-    let stream = TcpStream::connect(address).await?;
+    let stream = match source {
+        None => TcpStream::connect(address).await?,
+        Some(source) => {
+            let socket = if source.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(address).await?
+        }
+    };
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut reader = FrameReader {

@@ -191,6 +191,11 @@ pub struct Flags {
     /// Address for /metrics and the status page (default :590<id>, as the original).
     #[arg(long = "metrics-addr")]
     pub metrics_addr: Option<String>,
+    /// TEST ONLY, UNSAFE: serve every read from this replica's local state, without
+    /// confirming leadership, so reads can be stale. Exists so that fault tests can show
+    /// their checker catches a violation; never use it for data you care about.
+    #[arg(long = "unsafe-local-reads", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub unsafe_local_reads: bool,
     /// Log level filter when not -quiet (e.g. info, debug, rkv_engine=debug).
     #[arg(long = "log-level", default_value = "info")]
     pub log_level: String,

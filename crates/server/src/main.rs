@@ -101,6 +101,12 @@ async fn run(flags: Flags) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())?;
+    if flags.unsafe_local_reads {
+        tracing::warn!("-unsafe-local-reads: reads may be stale (test switch)");
+        eprintln!(
+            "rkvd: WARNING: -unsafe-local-reads: every read is served locally and may be stale (tests only)"
+        );
+    }
     if flags.sync == Sync::None {
         tracing::warn!(
             "-sync none: the log is NEVER fsync'd; acknowledged writes can be lost on a crash"
@@ -122,7 +128,11 @@ async fn run(flags: Flags) -> Result<(), String> {
     let client_address = resolve(own_server).map_err(|e| e.to_string())?;
     let peer_listen = peer_address(own_server, flags.peer_port_offset)?;
 
-    let transport = TcpTransport::new(id, cluster_id, peers);
+    let mut transport = TcpTransport::new(id, cluster_id, peers);
+    if !client_address.ip().is_unspecified() {
+        // A node given its own address dials from it: peers and packet filters see it.
+        transport = transport.with_source_address(client_address.ip());
+    }
     let waiters = Arc::new(machine::Waiters::default());
     let (events, _) = tokio::sync::broadcast::channel(machine::WATCH_BUFFER_EVENTS);
     let history = Arc::new(std::sync::Mutex::new(machine::History::default()));
@@ -156,6 +166,7 @@ async fn run(flags: Flags) -> Result<(), String> {
         history,
         servers: Arc::new(flags.servers.clone()),
         cluster_id,
+        unsafe_local_reads: flags.unsafe_local_reads,
     };
     let listener = TcpListener::bind(client_address)
         .await

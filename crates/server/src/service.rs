@@ -33,6 +33,8 @@ pub struct Node {
     pub servers: Arc<Vec<String>>,
     /// This cluster's id.
     pub cluster_id: u64,
+    /// `-unsafe-local-reads`: every read is served as a stale local read (test only).
+    pub unsafe_local_reads: bool,
 }
 
 /// The leader-stamped clock that session expiry runs on.
@@ -110,6 +112,11 @@ impl Node {
         level: rkv_engine::ReadLevel,
         read: impl FnOnce(&KvMachine) -> R + Send + 'static,
     ) -> Result<R, Status> {
+        let level = if self.unsafe_local_reads {
+            rkv_engine::ReadLevel::Stale
+        } else {
+            level
+        };
         match tokio::time::timeout(PROPOSAL_TIMEOUT, self.engine.read(level, read)).await {
             Ok(result) => result.map_err(|e| self.engine_status(e)),
             Err(_) => Err(status(
