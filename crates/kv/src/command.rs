@@ -31,6 +31,81 @@ const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
 const KIND_COMPARE_AND_SWAP: u8 = 3;
 const KIND_PUT_MANY: u8 = 4;
+const KIND_SET_PEER: u8 = 5;
+
+/// Most bytes in each text field (name, addresses) of a [`PeerRecord`]. A longer field
+/// is refused with [`LimitError::ValueTooLarge`].
+pub const PEER_FIELD_BYTES_MAX: usize = 1024;
+
+const PEER_ROLE_VOTER: u8 = 0;
+const PEER_ROLE_LEARNER: u8 = 1;
+
+/// What a server joining by address is meant to become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerRole {
+    /// A voter: it joins as a learner and a leader promotes it once it has caught up.
+    Voter,
+    /// A learner for good (e.g. raft-demo's logger): it never counts toward a quorum.
+    Learner,
+}
+
+/// How the cluster reaches one server, replicated through the log so that every node
+/// (including one that joins later or restarts) knows every other node's address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerRecord {
+    /// The server's name as its operator gave it (`node1`, `localhost:4002`).
+    pub name: String,
+    /// Where its Raft peer listener is (`host:port`).
+    pub peer_address: String,
+    /// Where its client API is (`host:port`; empty if it serves none), for forwarding.
+    pub client_address: String,
+    /// What it is meant to become.
+    pub role: PeerRole,
+}
+
+impl PeerRecord {
+    /// Checks every field against [`PEER_FIELD_BYTES_MAX`].
+    pub fn validate(&self) -> Result<(), LimitError> {
+        for field in [&self.name, &self.peer_address, &self.client_address] {
+            if field.len() > PEER_FIELD_BYTES_MAX {
+                return Err(LimitError::ValueTooLarge {
+                    len: field.len(),
+                    max: PEER_FIELD_BYTES_MAX,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_to(&self, sink: &mut impl Sink) {
+        sink.put_bytes(self.name.as_bytes());
+        sink.put_bytes(self.peer_address.as_bytes());
+        sink.put_bytes(self.client_address.as_bytes());
+        sink.put_u8(match self.role {
+            PeerRole::Voter => PEER_ROLE_VOTER,
+            PeerRole::Learner => PEER_ROLE_LEARNER,
+        });
+    }
+
+    pub(crate) fn read_from(reader: &mut Reader<'_>) -> Result<PeerRecord, DecodeError> {
+        let text =
+            |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::InvalidText);
+        let name = text(reader.bytes()?)?;
+        let peer_address = text(reader.bytes()?)?;
+        let client_address = text(reader.bytes()?)?;
+        let role = match reader.u8()? {
+            PEER_ROLE_VOTER => PeerRole::Voter,
+            PEER_ROLE_LEARNER => PeerRole::Learner,
+            other => return Err(DecodeError::InvalidFlag(other)),
+        };
+        Ok(PeerRecord {
+            name,
+            peer_address,
+            client_address,
+            role,
+        })
+    }
+}
 
 /// A client session's position: exactly-once is per `(client_id, seq)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -248,21 +323,34 @@ pub enum Command {
         /// The change.
         op: WriteOp,
     },
+    /// Records (or, with `record: None`, forgets) how to reach server `node_id`: the
+    /// replicated address book that lets servers join by address.
+    SetPeer {
+        /// The proposing leader's clock, in milliseconds.
+        now_ms: u64,
+        /// The server's Raft id.
+        node_id: u64,
+        /// Its addresses and role, or `None` to forget it.
+        record: Option<PeerRecord>,
+    },
 }
 
 impl Command {
     /// The leader-stamped time of this command.
     pub fn now_ms(&self) -> u64 {
         match self {
-            Command::Register { now_ms } | Command::Write { now_ms, .. } => *now_ms,
+            Command::Register { now_ms }
+            | Command::Write { now_ms, .. }
+            | Command::SetPeer { now_ms, .. } => *now_ms,
         }
     }
 
-    /// Checks the size limits of a write (a `Register` always passes).
+    /// Checks the size limits of a write or peer record (a `Register` always passes).
     pub fn validate(&self) -> Result<(), LimitError> {
         match self {
             Command::Register { .. } => Ok(()),
             Command::Write { op, .. } => op.validate(),
+            Command::SetPeer { record, .. } => record.as_ref().map_or(Ok(()), PeerRecord::validate),
         }
     }
 
@@ -296,6 +384,22 @@ impl Command {
                 }
                 op.write_body(&mut out);
             }
+            Command::SetPeer {
+                now_ms,
+                node_id,
+                record,
+            } => {
+                out.put_u8(KIND_SET_PEER);
+                out.put_u64(*now_ms);
+                out.put_u64(*node_id);
+                match record {
+                    None => out.put_u8(0),
+                    Some(record) => {
+                        out.put_u8(1);
+                        record.write_to(&mut out);
+                    }
+                }
+            }
         }
         out
     }
@@ -304,6 +408,9 @@ impl Command {
         match self {
             Command::Register { .. } => 0,
             Command::Write { op, .. } => op.payload_bytes() + 8 * 2,
+            Command::SetPeer { record, .. } => record.as_ref().map_or(8, |r| {
+                8 + 16 + r.name.len() + r.peer_address.len() + r.client_address.len()
+            }),
         }
     }
 
@@ -319,6 +426,18 @@ impl Command {
         let now_ms = reader.u64()?;
         let command = if kind == KIND_REGISTER {
             Command::Register { now_ms }
+        } else if kind == KIND_SET_PEER {
+            let node_id = reader.u64()?;
+            let record = if reader.flag()? {
+                Some(PeerRecord::read_from(&mut reader)?)
+            } else {
+                None
+            };
+            Command::SetPeer {
+                now_ms,
+                node_id,
+                record,
+            }
         } else {
             if !matches!(
                 kind,
@@ -362,6 +481,8 @@ pub enum DecodeError {
     InvalidFlag(u8),
     /// Bytes are left after a complete command.
     TrailingBytes(usize),
+    /// A text field (a peer's name or address) is not UTF-8.
+    InvalidText,
 }
 
 impl fmt::Display for DecodeError {
@@ -375,6 +496,7 @@ impl fmt::Display for DecodeError {
             DecodeError::Truncated => write!(f, "command truncated"),
             DecodeError::InvalidFlag(b) => write!(f, "invalid presence flag {b}"),
             DecodeError::TrailingBytes(n) => write!(f, "{n} trailing bytes after the command"),
+            DecodeError::InvalidText => write!(f, "a text field is not UTF-8"),
         }
     }
 }

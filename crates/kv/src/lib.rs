@@ -55,14 +55,27 @@
 //!
 //! Writes without a session are applied as they come (at-least-once under retries).
 //!
+//! # The address book: joining by address
+//! Servers that join a running cluster by address (raftd, hraftd, raft-demo) are known
+//! to the others only through the log: [`Command::SetPeer`] records a server's name, its
+//! Raft peer address, its client address and its [`PeerRole`] under its Raft id, and
+//! [`StateMachine::peers`] returns the book. A leader applies a server's record *before*
+//! proposing the membership change that adds it, so every replica that applies the
+//! change already knows where the new server is; the book is part of snapshots, so a
+//! node restored from one (or a server added much later) learns every address too. The
+//! driver turns applied records into transport addresses; the machine only keeps them.
+//!
 //! # Command encoding (format version 1)
 //! All integers little-endian. `bytes` is a `u32` length then the bytes; `option` is a
 //! byte 0 (absent) or 1 (present) then, if present, `bytes`.
 //! ```text
 //! u8  version = 1
-//! u8  kind: 0 Register, 1 Put, 2 Delete, 3 CompareAndSwap, 4 PutMany
+//! u8  kind: 0 Register, 1 Put, 2 Delete, 3 CompareAndSwap, 4 PutMany, 5 SetPeer
 //! u64 now_ms
-//! -- Register ends here; every other kind continues:
+//! -- Register ends here; SetPeer continues with
+//!    u64 node_id, u8 record flag (0 forget, 1 present); if present:
+//!    bytes name, bytes peer_address, bytes client_address (UTF-8), u8 role (0 voter, 1 learner)
+//! -- every other kind continues:
 //! u8  session flag: 0 none, 1 present; if present: u64 client_id, u64 seq
 //! Put:            bytes key, bytes value
 //! Delete:         bytes key
@@ -74,9 +87,9 @@
 //! [`PUT_MANY_PAIRS_MAX`], [`PUT_MANY_BYTES_MAX`]) are checked when applying (and by
 //! [`Command::validate`], for front ends to refuse before proposing), not by the decoder.
 //!
-//! # Snapshot encoding (format version 1)
+//! # Snapshot encoding (format version 2; version 1 when the address book is empty)
 //! ```text
-//! "RKVS" u8 version = 1
+//! "RKVS" u8 version = 1 or 2
 //! u64 applied_index, u64 clock_ms
 //! u64 pair count, then pairs in strictly increasing key order: bytes key, bytes value
 //! u64 session count, then sessions in increasing client id order:
@@ -85,6 +98,8 @@
 //!             | 4 PutMany | 5 Limit u8 which (0 key, 1 value, 2 pairs, 3 batch), u64 size, u64 max
 //!     u64 buffered count, then in increasing seq order: u64 seq, u64 index,
 //!         u8 kind (1-4 as in commands), the kind's body as in commands
+//! -- version 2 only (written only when the book is not empty):
+//! u64 peer count (at least 1), then in increasing id order: u64 node_id, the record as in SetPeer
 //! u32 CRC-32C of every byte before it
 //! ```
 //! [`StateMachine::digest`] is FNV-1a 64 over the same bytes without the checksum.
@@ -122,10 +137,14 @@ mod snapshot;
 
 pub use command::{
     COMMAND_FORMAT_VERSION, ClientSeq, Command, DecodeError, KEY_BYTES_MAX, LimitError,
-    PUT_MANY_BYTES_MAX, PUT_MANY_PAIRS_MAX, VALUE_BYTES_MAX, WriteOp,
+    PEER_FIELD_BYTES_MAX, PUT_MANY_BYTES_MAX, PUT_MANY_PAIRS_MAX, PeerRecord, PeerRole,
+    VALUE_BYTES_MAX, WriteOp,
 };
 pub use machine::{
     Applied, BUFFER_BYTES_MAX, Event, EventKind, Output, SEQ_WINDOW, SESSION_BUFFER_BYTES_MAX,
     SESSION_TTL_MS, SESSIONS_MAX, SessionError, StateMachine, prefix_end,
 };
-pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC, SnapshotError, SnapshotView};
+pub use snapshot::{
+    SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION_V1, SNAPSHOT_MAGIC, SnapshotError,
+    SnapshotView,
+};

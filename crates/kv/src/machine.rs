@@ -5,7 +5,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::command::{ClientSeq, Command, DecodeError, LimitError, WriteOp};
+use crate::command::{ClientSeq, Command, DecodeError, LimitError, PeerRecord, WriteOp};
 use crate::map::ChunkedMap;
 
 /// How long a session may stay idle, in milliseconds of the leader-stamped clock, before
@@ -157,6 +157,12 @@ pub enum Output {
     Limit(LimitError),
     /// The payload did not decode. Nothing changed except the applied index.
     Rejected(DecodeError),
+    /// A [`Command::SetPeer`] was applied: the address book now holds (or, if the command
+    /// carried no record, no longer holds) this server.
+    PeerSet {
+        /// The server whose record changed.
+        node_id: u64,
+    },
 }
 
 impl Output {
@@ -238,6 +244,8 @@ pub struct StateMachine {
     pub(crate) buffered_bytes: usize,
     pub(crate) applied_index: u64,
     pub(crate) clock_ms: u64,
+    /// The replicated address book: how to reach each server, by Raft id.
+    pub(crate) peers: BTreeMap<u64, PeerRecord>,
 }
 
 impl StateMachine {
@@ -311,8 +319,37 @@ impl StateMachine {
                 op,
                 ..
             } => self.apply_session_write(index, session, op, &mut applied),
+            Command::SetPeer {
+                node_id, record, ..
+            } => {
+                let output = match record {
+                    Some(record) => match record.validate() {
+                        Ok(()) => {
+                            self.peers.insert(node_id, record);
+                            Output::PeerSet { node_id }
+                        }
+                        Err(limit) => Output::Limit(limit),
+                    },
+                    None => {
+                        self.peers.remove(&node_id);
+                        Output::PeerSet { node_id }
+                    }
+                };
+                applied.push(Applied {
+                    index,
+                    session: None,
+                    output,
+                    events: Vec::new(),
+                    duplicate: false,
+                });
+            }
         }
         applied
+    }
+
+    /// The replicated address book: every server recorded by [`Command::SetPeer`], by id.
+    pub fn peers(&self) -> &BTreeMap<u64, PeerRecord> {
+        &self.peers
     }
 
     /// Records that the entry at `index` carried no command (a leader's no-op or a

@@ -6,15 +6,20 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::codec::{Fnv64, Reader, Sink};
-use crate::command::{DecodeError, LimitError, WriteOp};
+use crate::command::{DecodeError, LimitError, PeerRecord, WriteOp};
 use crate::machine::{Buffered, Output, Session, StateMachine};
 use crate::map::ChunkedMap;
 
 /// The first four bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"RKVS";
 
-/// The snapshot format version, written after the magic.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+/// The snapshot format version, written after the magic, when the address book holds
+/// any peer. A state without peers is written as version 1 ([`SNAPSHOT_FORMAT_VERSION_V1`]),
+/// byte for byte what earlier builds wrote, so their snapshots and digests stay valid.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+
+/// The first snapshot format: version 2 without the peer table.
+pub const SNAPSHOT_FORMAT_VERSION_V1: u8 = 1;
 
 const CHECKSUM_BYTES: usize = 4;
 const HEADER_BYTES: usize = SNAPSHOT_MAGIC.len() + 1;
@@ -96,7 +101,12 @@ impl StateMachine {
 
     fn write_state(&self, sink: &mut impl Sink) {
         sink.put(&SNAPSHOT_MAGIC);
-        sink.put_u8(SNAPSHOT_FORMAT_VERSION);
+        let version = if self.peers.is_empty() {
+            SNAPSHOT_FORMAT_VERSION_V1
+        } else {
+            SNAPSHOT_FORMAT_VERSION
+        };
+        sink.put_u8(version);
         sink.put_u64(self.applied_index);
         sink.put_u64(self.clock_ms);
         sink.put_u64(self.map.len() as u64);
@@ -117,6 +127,13 @@ impl StateMachine {
                 buffered.op.write_to(sink);
             }
         }
+        if version == SNAPSHOT_FORMAT_VERSION {
+            sink.put_u64(self.peers.len() as u64);
+            for (node_id, record) in &self.peers {
+                sink.put_u64(*node_id);
+                record.write_to(sink);
+            }
+        }
     }
 
     /// Rebuilds a state machine from [`snapshot`](StateMachine::snapshot) bytes. Never
@@ -129,7 +146,7 @@ impl StateMachine {
             return Err(SnapshotError::BadMagic);
         }
         let version = input[SNAPSHOT_MAGIC.len()];
-        if version != SNAPSHOT_FORMAT_VERSION {
+        if version != SNAPSHOT_FORMAT_VERSION && version != SNAPSHOT_FORMAT_VERSION_V1 {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
         let (body, trailer) = input.split_at(input.len() - CHECKSUM_BYTES);
@@ -141,7 +158,10 @@ impl StateMachine {
             return Err(SnapshotError::ChecksumMismatch { stored, computed });
         }
         let mut reader = Reader::new(&body[HEADER_BYTES..]);
-        let state = read_state(&mut reader)?;
+        let mut state = read_state(&mut reader)?;
+        if version == SNAPSHOT_FORMAT_VERSION {
+            state.peers = read_peers(&mut reader)?;
+        }
         reader.finish()?;
         Ok(state)
     }
@@ -205,7 +225,27 @@ fn read_state(reader: &mut Reader<'_>) -> Result<StateMachine, SnapshotError> {
         buffered_bytes: buffered_total,
         applied_index,
         clock_ms,
+        peers: BTreeMap::new(),
     })
+}
+
+fn read_peers(reader: &mut Reader<'_>) -> Result<BTreeMap<u64, PeerRecord>, SnapshotError> {
+    let count = reader.u64()?;
+    let mut peers = BTreeMap::new();
+    let mut last: Option<u64> = None;
+    for _ in 0..count {
+        let node_id = reader.u64()?;
+        if last.is_some_and(|last| last >= node_id) {
+            return Err(SnapshotError::Invalid("peers out of order"));
+        }
+        last = Some(node_id);
+        peers.insert(node_id, PeerRecord::read_from(reader)?);
+    }
+    if peers.is_empty() {
+        // Version 2 is written only with peers: an empty table is not this build's.
+        return Err(SnapshotError::Invalid("a version 2 snapshot without peers"));
+    }
+    Ok(peers)
 }
 
 fn write_result(sink: &mut impl Sink, result: Option<&Output>) {
@@ -238,6 +278,7 @@ fn write_result(sink: &mut impl Sink, result: Option<&Output>) {
         None
         | Some(
             Output::Registered { .. }
+            | Output::PeerSet { .. }
             | Output::Duplicate
             | Output::Session(_)
             | Output::Rejected(_),
