@@ -1,5 +1,5 @@
 //! Fuzzes every decoder of the on-disk format, and whole recovery over a segment made of
-//! the input: no input may panic. Run with `cargo +nightly fuzz run decode` in this folder.
+//! the input: no input may panic. Run with `scripts/fuzz [SECONDS]` from the repository root.
 #![no_main]
 
 use std::sync::Arc;
