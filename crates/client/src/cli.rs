@@ -21,8 +21,9 @@ use tokio::sync::watch;
 
 use crate::client::{Client, ClientConfig, Filter, parse_consistency};
 use crate::error::Error;
+use crate::etcd::EtcdKv;
 use crate::goflags::{normalize, parse_duration};
-use crate::load::{self, Counters, Limit, LoadConfig};
+use crate::load::{self, Counters, Limit, LoadConfig, Target};
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -46,11 +47,19 @@ latency-<unix nanos>.csv in the current directory, and ends with one line: \
 `ops/s: N p50_ms: X p99_ms: Y errors: E`. With -add N / -remove N it reconfigures the \
 cluster and exits.
 
+-target etcd drives an etcd v3 cluster with the same load instead (Put for writes, \
+linearizable Range for reads): -cluster then lists etcd endpoints, e.g. \
+-cluster http://127.0.0.1:2379. Only the load generator works with -target etcd.
+
 Flags are Go style: -cluster :9201,:9202, --clients 10, -time=10s, -forever=false. \
 A value that starts with '-' goes after `--` (rkvctl put -- key -value).
 
 Exit codes: 0 ok; 1 error (including `get` of a missing key: message on stderr, nothing \
 on stdout); 2 usage.";
+
+fn parse_target(text: &str) -> Result<Target, String> {
+    text.parse()
+}
 
 fn parse_fraction(text: &str) -> Result<f64, String> {
     let value: f64 = text
@@ -151,6 +160,10 @@ pub struct Flags {
     /// gRPC connections shared by the load clients (0: one per client, as the original).
     #[arg(long, default_value_t = 0)]
     pub connections: u32,
+    /// The system to load: rkv, or etcd (through its v3 gRPC KV API, at the -cluster
+    /// endpoints).
+    #[arg(long, default_value = "rkv", value_parser = parse_target)]
+    pub target: Target,
     /// Give up on one request (all its retries) after this long.
     #[arg(long, global = true, default_value = "15s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -264,6 +277,13 @@ impl Flags {
         if self.command.is_some() && (self.add > 0 || self.remove > 0) {
             return Err("-add / -remove cannot be combined with a command".into());
         }
+        if self.target == Target::Etcd
+            && (self.command.is_some() || self.add > 0 || self.remove > 0)
+        {
+            return Err(
+                "-target etcd only generates load: commands and -add / -remove are for rkv".into(),
+            );
+        }
         if self.timeout.is_zero() {
             return Err("-timeout must be positive".into());
         }
@@ -309,6 +329,7 @@ impl Flags {
             seed: self.seed,
             connections: self.connections,
             client: self.client_config(),
+            target: self.target,
         })
     }
 }
@@ -340,22 +361,32 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(flags: Flags) -> u8 {
-    let client = match Client::new(flags.cluster.iter(), flags.client_config()) {
+    // An address that cannot be dialed is a usage error, found before anything is sent.
+    let client = match flags.target {
+        Target::Rkv => Client::new(flags.cluster.iter(), flags.client_config()).map(Some),
+        Target::Etcd => EtcdKv::new(flags.cluster.iter(), flags.client_config()).map(|_| None),
+    };
+    let client = match client {
         Ok(client) => client,
         Err(e) => {
             eprintln!("rkvctl: {e}");
             return EXIT_USAGE;
         }
     };
-    let outcome = match (&flags.command, flags.add, flags.remove) {
-        (Some(command), _, _) => run_command(&client, command).await,
-        (None, add, _) if add > 0 => {
-            reconfigure(&client, add, ReconfType::ReconfAdd, flags.ensure).await
+    let outcome = match (&client, &flags.command, flags.add, flags.remove) {
+        // The load generator makes its own connections, one per client by default.
+        (_, None, 0, 0) => run_load(&flags).await,
+        (Some(client), Some(command), _, _) => run_command(client, command).await,
+        (Some(client), None, 0, remove) => {
+            reconfigure(client, remove, ReconfType::ReconfRemove, flags.ensure).await
         }
-        (None, _, remove) if remove > 0 => {
-            reconfigure(&client, remove, ReconfType::ReconfRemove, flags.ensure).await
+        (Some(client), None, add, _) => {
+            reconfigure(client, add, ReconfType::ReconfAdd, flags.ensure).await
         }
-        (None, _, _) => run_load(&flags).await,
+        // validate() refuses these already.
+        (None, _, _, _) => Err(Error::Config(
+            "-target etcd only generates load: commands and -add / -remove are for rkv".into(),
+        )),
     };
     match outcome {
         Ok(code) => code,
@@ -634,8 +665,9 @@ async fn run_load(flags: &Flags) -> Result<u8, Error> {
         Limit::Forever => "until interrupted".to_string(),
     };
     eprintln!(
-        "rkvctl: {} clients on {} connections, {mode}, {limit}; keyspace {}, zipf s={} v={}, \
-         payload {} B, reads {}%",
+        "rkvctl: {} {} clients on {} connections, {mode}, {limit}; keyspace {}, zipf s={} \
+         v={}, payload {} B, reads {}%",
+        config.target,
         config.clients,
         match config.connections {
             0 => config.clients,
@@ -716,7 +748,73 @@ mod tests {
         // rkv's own flags.
         assert_eq!((f.seed, f.connections), (99, 0));
         assert_eq!(f.timeout, Duration::from_secs(15));
+        assert_eq!(f.target, Target::Rkv);
         assert!(f.validate().is_ok());
+    }
+
+    #[test]
+    fn target_etcd_drives_the_same_load_generator() {
+        for line in [
+            "-target etcd",
+            "--target etcd",
+            "-target=etcd",
+            "--target=etcd",
+        ] {
+            assert_eq!(parse(line).expect(line).target, Target::Etcd, "{line}");
+        }
+        let f = parse(
+            "-target etcd -cluster http://127.0.0.1:2379,http://127.0.0.1:2381 -clients 50 \
+             -throughput 0 -time 3s -reads 0.9 -connections 5",
+        )
+        .expect("parses");
+        assert!(f.validate().is_ok(), "{:?}", f.validate());
+        let config = f.load_config().expect("a load run");
+        assert_eq!(config.target, Target::Etcd);
+        assert_eq!(
+            (
+                config.clients,
+                config.throughput,
+                config.reads,
+                config.connections
+            ),
+            (50, 0.0, 0.9, 5)
+        );
+        assert_eq!(config.limit, Limit::Time(Duration::from_secs(3)));
+        assert_eq!(
+            *f.cluster,
+            ["http://127.0.0.1:2379", "http://127.0.0.1:2381"]
+        );
+        assert_eq!(parse("-target rkv").expect("parses").target, Target::Rkv);
+        assert_eq!(
+            parse("-target etcd -target rkv").expect("parses").target,
+            Target::Rkv,
+            "as in Go, the last occurrence wins"
+        );
+    }
+
+    #[test]
+    fn a_bad_target_is_a_usage_error_naming_the_choices() {
+        for line in ["-target redis", "-target ETCD", "-target", "-target="] {
+            let e = parse(line).expect_err(line);
+            assert!(e.use_stderr(), "{line}");
+            assert_eq!(e.exit_code(), i32::from(EXIT_USAGE), "{line}");
+        }
+        let message = parse("-target redis").expect_err("unknown").to_string();
+        assert!(
+            message.contains("redis") && message.contains("rkv or etcd"),
+            "{message}"
+        );
+        for line in [
+            "-target etcd get k",
+            "-target etcd -add 4",
+            "-target etcd status",
+        ] {
+            let e = parse(line).expect("parses").validate().expect_err(line);
+            assert!(
+                e.contains("-target etcd only generates load"),
+                "{line}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! - [`error`]: [`Error`], typed by what the caller can do; a write that timed out is
 //!   *outcome unknown*, never "failed".
 //! - [`load`]: relab's rkvctl load generator (open and closed loop, Zipf keys,
-//!   HdrHistogram percentiles, the latency CSV and the one-line summary).
+//!   HdrHistogram percentiles, the latency CSV and the one-line summary), against rkv or,
+//!   with `-target etcd`, against etcd.
+//! - [`etcd`]: [`etcd::EtcdKv`], the load generator's connection to an etcd v3 cluster
+//!   (Put and linearizable Range), for the side-by-side benchmark (`bench/compare`).
 //! - [`zipf`]: Go's `rand.Zipf` sampler with a seeded generator.
 //! - [`goflags`]: Go `flag`-style command lines (`-cluster`, `-time=10s`) on clap.
 //! - [`cli`]: `rkvctl` itself; `src/bin/rkvctl.rs` only calls [`cli::main`].
@@ -27,6 +30,7 @@
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod etcd;
 pub mod goflags;
 pub mod load;
 pub mod zipf;

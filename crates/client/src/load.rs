@@ -23,6 +23,14 @@
 //!   (start in unix nanoseconds, latency in nanoseconds, kind, ok), capped at
 //!   [`RECORDS_MAX`] rows. Every run ends with [`Report::summary_line`].
 //!
+//! - **Two targets** (`-target`): rkv, as above, or etcd ([`Target::Etcd`]) through its
+//!   v3 gRPC KV API ([`EtcdKv`]): a write is a `Put`, a read a linearizable `Range`.
+//!   Everything else is the same code: the clients, the connections (one per client, or
+//!   `-connections N` shared), the keys and values, open and closed loop, the histograms
+//!   and the summary line, so that both systems see exactly the same load from the same
+//!   process design. etcd has no sessions: instead of `Register`, each etcd client makes
+//!   one linearizable read before the clock starts, which also waits for a leader.
+//!
 //! Limits: at most [`IN_FLIGHT_MAX`] requests in flight over all clients (an open-loop
 //! tick beyond it is counted as a `max-in-flight` error, as the original refused it), and
 //! every request is bounded by the client's deadline, so the final drain ends.
@@ -39,8 +47,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use bytes::Bytes;
+
 use crate::client::{Client, ClientConfig};
 use crate::error::Error;
+use crate::etcd::EtcdKv;
 use crate::zipf::{Rng, Zipf};
 
 /// Most requests in flight over all clients (the original's `maxInFlight`).
@@ -70,6 +81,44 @@ pub enum Limit {
     Forever,
 }
 
+/// The system a load run drives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Target {
+    /// An rkv cluster, through the original's rkvpb API (`Register`, `Insert`, `Lookup`).
+    #[default]
+    Rkv,
+    /// An etcd v3 cluster, through its gRPC KV API (`Put`, linearizable `Range`).
+    Etcd,
+}
+
+impl Target {
+    /// `rkv` or `etcd`, as `-target` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Rkv => "rkv",
+            Target::Etcd => "etcd",
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Target, String> {
+        match text {
+            "rkv" => Ok(Target::Rkv),
+            "etcd" => Ok(Target::Etcd),
+            other => Err(format!("unknown target {other:?}: rkv or etcd")),
+        }
+    }
+}
+
 /// A load run's settings (rkvctl's flags, resolved).
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
@@ -96,6 +145,8 @@ pub struct LoadConfig {
     pub connections: u32,
     /// How each client retries.
     pub client: ClientConfig,
+    /// The system to drive.
+    pub target: Target,
 }
 
 impl LoadConfig {
@@ -135,9 +186,9 @@ impl LoadConfig {
 /// Read or write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// A `Lookup`.
+    /// A `Lookup` (rkv) or linearizable `Range` (etcd).
     Read,
-    /// An `Insert`.
+    /// An `Insert` (rkv) or `Put` (etcd).
     Write,
 }
 
@@ -244,15 +295,28 @@ struct SessionState {
     next_seq: u64,
 }
 
-/// One simulated client: its connections, its session and its part of the workload.
+/// How one simulated client reaches its target.
+enum Backend {
+    /// rkv: a (possibly shared) [`Client`] and this client's own rkvpb session.
+    Rkv(RkvSession),
+    /// etcd: a (possibly shared) connection, and the value every write sends.
+    Etcd { etcd: Arc<EtcdKv>, value: Bytes },
+}
+
+/// One simulated client: how it reaches its target, and where it records what it saw.
 struct Worker {
-    client: Arc<Client>,
-    session: Mutex<Option<SessionState>>,
-    value: String,
+    backend: Backend,
     shared: Arc<Shared>,
 }
 
-impl Worker {
+/// One simulated rkv client: its connection and its rkvpb session.
+struct RkvSession {
+    client: Arc<Client>,
+    session: Mutex<Option<SessionState>>,
+    value: String,
+}
+
+impl RkvSession {
     /// The next (client id, seq), registering a session first if there is none.
     async fn position(&self) -> Result<(u64, u64), Error> {
         {
@@ -290,14 +354,20 @@ impl Worker {
         }
         result
     }
+}
 
+impl Worker {
     async fn perform(&self, kind: Kind, key: String) {
         let counters = &self.shared.counters;
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = match kind {
-            Kind::Read => self.client.lookup(&key).await.map(|_| ()),
-            Kind::Write => self.write(&key).await,
+        let outcome = match (&self.backend, kind) {
+            (Backend::Rkv(rkv), Kind::Read) => rkv.client.lookup(&key).await.map(|_| ()),
+            (Backend::Rkv(rkv), Kind::Write) => rkv.write(&key).await,
+            (Backend::Etcd { etcd, .. }, Kind::Read) => etcd.get(key.into()).await.map(|_| ()),
+            (Backend::Etcd { etcd, value }, Kind::Write) => {
+                etcd.put(key.into(), value.clone()).await
+            }
         };
         let latency = started.elapsed();
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -386,7 +456,8 @@ impl Report {
         )
     }
 
-    /// The human-readable report printed above the summary line.
+    /// The human-readable report printed above the summary line: one line each for
+    /// writes, reads and both together (`all:`), with p50, p90, p99, p99.9 and max.
     pub fn details(&self) -> String {
         let seconds = self.elapsed.as_secs_f64();
         let mut text = format!(
@@ -394,7 +465,12 @@ impl Report {
             self.ok(),
             self.error_count()
         );
-        for (name, histogram) in [("writes", &self.writes), ("reads", &self.reads)] {
+        let all = self.all();
+        for (name, histogram) in [
+            ("writes", &self.writes),
+            ("reads", &self.reads),
+            ("all", &all),
+        ] {
             if histogram.is_empty() {
                 text.push_str(&format!("{name}: none\n"));
                 continue;
@@ -470,7 +546,8 @@ fn histogram() -> Histogram<u64> {
 
 /// Runs the load described by `config` against `servers` until its limit, or until
 /// `stop` turns true (e.g. on Ctrl-C); then waits for the requests in flight and reports.
-/// Fails only if a client cannot open its session.
+/// `servers` are rkv servers or etcd endpoints, as `config.target` says. Fails only if a
+/// client cannot open its session (rkv) or get an answer from etcd before the clock starts.
 pub async fn run(
     servers: &[String],
     config: &LoadConfig,
@@ -495,37 +572,19 @@ pub async fn run(
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
     });
     let value = "x".repeat(config.payload.saturating_sub(KEY_DIGITS));
-
-    // One session per client, all opened before the clock starts; connections shared
-    // round-robin if -connections asks for fewer than one per client.
-    let pool_size = match config.connections {
-        0 => config.clients,
-        n => n.min(config.clients),
+    let backends = match config.target {
+        Target::Rkv => rkv_sessions(servers, config, value).await?,
+        Target::Etcd => etcd_connections(servers, config, value).await?,
     };
-    let pool = (0..pool_size)
-        .map(|_| Client::new(servers, config.client.clone()).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut sessions = JoinSet::new();
-    for index in 0..config.clients as usize {
-        let client = pool[index % pool.len()].clone();
-        sessions.spawn(async move {
-            let client_id = client.register().await?;
-            Ok::<_, Error>((client, client_id))
-        });
-    }
-    let mut workers = Vec::new();
-    while let Some(joined) = sessions.join_next().await {
-        let (client, client_id) = joined.map_err(|e| Error::Internal(e.to_string()))??;
-        workers.push(Arc::new(Worker {
-            client,
-            session: Mutex::new(Some(SessionState {
-                client_id,
-                next_seq: 1,
-            })),
-            value: value.clone(),
-            shared: shared.clone(),
-        }));
-    }
+    let workers: Vec<Arc<Worker>> = backends
+        .into_iter()
+        .map(|backend| {
+            Arc::new(Worker {
+                backend,
+                shared: shared.clone(),
+            })
+        })
+        .collect();
 
     // The run's own stop: the caller's, or the -time limit.
     let (stop_all, stopped) = watch::channel(false);
@@ -593,6 +652,79 @@ pub async fn run(
         records: results.records,
         records_dropped: results.records_dropped,
     })
+}
+
+/// How many connections the clients share: one each unless `-connections` asks for fewer.
+fn pool_size(config: &LoadConfig) -> usize {
+    match config.connections {
+        0 => config.clients,
+        n => n.min(config.clients),
+    }
+    .max(1) as usize
+}
+
+/// One rkv session per client, all opened before the clock starts, on connections
+/// shared round-robin if `-connections` asks for fewer than one per client.
+async fn rkv_sessions(
+    servers: &[String],
+    config: &LoadConfig,
+    value: String,
+) -> Result<Vec<Backend>, Error> {
+    let pool = (0..pool_size(config))
+        .map(|_| Client::new(servers, config.client.clone()).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sessions = JoinSet::new();
+    for index in 0..config.clients as usize {
+        let client = pool[index % pool.len()].clone();
+        sessions.spawn(async move {
+            let client_id = client.register().await?;
+            Ok::<_, Error>((client, client_id))
+        });
+    }
+    let mut backends = Vec::with_capacity(config.clients as usize);
+    while let Some(joined) = sessions.join_next().await {
+        let (client, client_id) = joined.map_err(|e| Error::Internal(e.to_string()))??;
+        backends.push(Backend::Rkv(RkvSession {
+            client,
+            session: Mutex::new(Some(SessionState {
+                client_id,
+                next_seq: 1,
+            })),
+            value: value.clone(),
+        }));
+    }
+    Ok(backends)
+}
+
+/// One etcd connection per client (or `-connections` shared round-robin), each client
+/// having made one linearizable read before the clock starts: the counterpart of rkv's
+/// `Register`, which also waits for the cluster to have a leader.
+async fn etcd_connections(
+    endpoints: &[String],
+    config: &LoadConfig,
+    value: String,
+) -> Result<Vec<Backend>, Error> {
+    let pool = (0..pool_size(config))
+        .map(|_| EtcdKv::new(endpoints, config.client.clone()).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let value = Bytes::from(value);
+    let mut probes = JoinSet::new();
+    for index in 0..config.clients as usize {
+        let etcd = pool[index % pool.len()].clone();
+        probes.spawn(async move {
+            etcd.probe().await?;
+            Ok::<_, Error>(etcd)
+        });
+    }
+    let mut backends = Vec::with_capacity(config.clients as usize);
+    while let Some(joined) = probes.join_next().await {
+        let etcd = joined.map_err(|e| Error::Internal(e.to_string()))??;
+        backends.push(Backend::Etcd {
+            etcd,
+            value: value.clone(),
+        });
+    }
+    Ok(backends)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -665,6 +797,7 @@ mod tests {
             seed: 99,
             connections: 0,
             client: ClientConfig::default(),
+            target: Target::Rkv,
         }
     }
 
@@ -713,6 +846,12 @@ mod tests {
             "{details}"
         );
         assert!(details.contains("max 100.0"), "{details}");
+        let all = details
+            .lines()
+            .find(|l| l.starts_with("all: "))
+            .expect("a line for reads and writes together");
+        assert!(all.starts_with("all: 111 ok, 111 ops/s,"), "{all}");
+        assert!(all.contains("p99.9 100.0"), "p99.9 over both kinds: {all}");
     }
 
     #[test]
@@ -777,6 +916,17 @@ mod tests {
                 .iter()
                 .all(|(k, key)| *k == Kind::Write && key.len() == 8)
         );
+    }
+
+    #[test]
+    fn targets_are_named_as_the_flag_spells_them() {
+        for target in [Target::Rkv, Target::Etcd] {
+            assert_eq!(target.name().parse::<Target>(), Ok(target));
+            assert_eq!(target.to_string(), target.name());
+        }
+        assert_eq!(Target::default(), Target::Rkv);
+        let e = "zookeeper".parse::<Target>().expect_err("unknown");
+        assert_eq!(e, "unknown target \"zookeeper\": rkv or etcd");
     }
 
     #[test]

@@ -268,3 +268,119 @@ fn add_makes_a_started_fourth_server_a_member() {
         "{text}"
     );
 }
+
+#[test]
+fn a_bad_target_is_refused_with_exit_code_2() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rkvctl"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("rkvctl runs")
+    };
+    let bad = run(&["-target", "redis", "-count", "1"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("unknown target \"redis\": rkv or etcd"),
+        "{}",
+        stderr(&bad)
+    );
+    let command = run(&["-target", "etcd", "put", "k", "v"]);
+    assert_eq!(command.status.code(), Some(2), "{}", stderr(&command));
+    assert!(
+        stderr(&command).contains("-target etcd only generates load"),
+        "{}",
+        stderr(&command)
+    );
+    let tls = run(&["-target", "etcd", "-cluster", "https://127.0.0.1:2379"]);
+    assert_eq!(tls.status.code(), Some(2), "{}", stderr(&tls));
+    assert!(stderr(&tls).contains("TLS"), "{}", stderr(&tls));
+}
+
+/// A single-member etcd on free loopback ports, killed (by its own pid, through its
+/// `Child`) when dropped; `None` if etcd is not installed.
+struct Etcd {
+    child: std::process::Child,
+    client_url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Option<Etcd> {
+        match std::process::Command::new("etcd").arg("--version").output() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => panic!("etcd --version: {e}"),
+            Ok(_) => {}
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        // free_port also checks port + PEER_OFFSET, which etcd's peer URL uses.
+        let port = common::free_port();
+        let client_url = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{}", port + common::PEER_OFFSET);
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log file");
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "solo", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("solo={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        Some(Etcd {
+            child,
+            client_url,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn target_etcd_runs_the_same_load_against_a_real_etcd() {
+    let Some(etcd) = Etcd::start() else {
+        eprintln!(
+            "SKIPPED: etcd is not installed (Debian: apt-get install etcd-server; \
+             bench/compare installs it and drives etcd with rkvctl -target etcd)"
+        );
+        return;
+    };
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    // rkvctl waits for etcd itself: each client's first read is retried until -timeout.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_rkvctl"))
+        .args(["-target", "etcd", "-cluster", &etcd.client_url])
+        .args(["-clients", "4", "-throughput", "0", "-count", "50"])
+        .args(["-reads", "0.5", "-timeout", "60s"])
+        .current_dir(scratch.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("rkvctl runs");
+    let text = stdout(&run);
+    assert!(run.status.success(), "load run: {}\n{text}", stderr(&run));
+    let (_, errors) = parse_summary(text.lines().last().expect("output"));
+    assert_eq!(errors, 0, "{text}\n{}", stderr(&run));
+    assert!(text.starts_with("run: "), "{text}");
+    assert!(
+        text.contains(", 200 ok, 0 errors"),
+        "4 clients x 50: {text}"
+    );
+    for kind in ["writes: ", "reads: ", "all: 200 ok"] {
+        assert!(text.contains(kind), "{kind}: {text}");
+    }
+    assert!(text.contains("p99.9"), "{text}");
+    assert_eq!(
+        latency_csv(scratch.path()).len(),
+        201,
+        "one row per request"
+    );
+}
