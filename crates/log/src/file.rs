@@ -400,6 +400,35 @@ impl LogStore for FileLog {
         if head.index <= self.last_index() {
             self.truncate_from(head.index)?;
         }
+        let total: u64 = entries.iter().map(|e| format::record_len(e) as u64).sum();
+        let fits = self.active.as_ref().is_some_and(|a| {
+            a.written + self.buffer.len() as u64 + total <= self.options.segment_bytes_max
+        });
+        if fits {
+            // The common case: the whole batch goes into the active segment, so the
+            // per-entry work is only encoding and bookkeeping.
+            self.buffer.reserve(total as usize);
+            self.locations.reserve(entries.len());
+            let active = self.active.as_ref().expect("checked by fits");
+            let (sequence, mut offset) =
+                (active.sequence, active.written + self.buffer.len() as u64);
+            for entry in entries {
+                let before = self.buffer.len();
+                format::encode_record(entry, &mut self.buffer);
+                let len = self.buffer.len() - before;
+                self.locations.push_back(Location {
+                    sequence,
+                    offset,
+                    len: len as u32,
+                    term: entry.term,
+                });
+                offset += len as u64;
+                self.push_cache(entry);
+            }
+            let last = entries.last().expect("not empty").index;
+            self.segments.last_mut().expect("active segment").live_last = last;
+            return Ok(());
+        }
         for entry in entries {
             let len = format::record_len(entry);
             let full = self.active.as_ref().is_none_or(|a| {

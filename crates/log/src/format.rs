@@ -214,33 +214,33 @@ fn decode_membership(reader: &mut Reader<'_>) -> Result<Membership, Corruption> 
 /// # Panics
 /// If the entry's body exceeds [`RECORD_LENGTH_MAX`]; callers check with [`record_len`].
 pub fn encode_record(entry: &Entry, out: &mut Vec<u8>) {
-    let start = out.len();
-    let length = u32::try_from(RECORD_LENGTH_MIN as usize + body_len(&entry.payload))
+    let body = body_len(&entry.payload);
+    let length = u32::try_from(RECORD_LENGTH_MIN as usize + body)
         .ok()
         .filter(|&l| l <= RECORD_LENGTH_MAX)
         .expect("record length checked by the caller");
-    out.extend_from_slice(&length.to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
     let kind = match &entry.payload {
         Payload::Noop => TYPE_NOOP,
         Payload::Command(_) => TYPE_COMMAND,
         Payload::Membership(_) => TYPE_MEMBERSHIP,
     };
-    out.push(kind);
-    out.extend_from_slice(&entry.term.0.to_le_bytes());
-    out.extend_from_slice(&entry.index.0.to_le_bytes());
+    // The fixed part is built on the stack and copied once: this runs for every entry.
+    let mut header = [0u8; RECORD_HEADER_BYTES];
+    header[0..4].copy_from_slice(&length.to_le_bytes());
+    header[8] = kind;
+    header[9..17].copy_from_slice(&entry.term.0.to_le_bytes());
+    header[17..25].copy_from_slice(&entry.index.0.to_le_bytes());
+    out.reserve(RECORD_HEADER_BYTES + body);
+    let start = out.len();
+    out.extend_from_slice(&header);
     match &entry.payload {
         Payload::Noop => {}
         Payload::Command(data) => out.extend_from_slice(data),
         Payload::Membership(m) => encode_membership(m, out),
     }
-    let mut hasher_input = crc32c::crc32c(&out[start..start + 4]);
-    hasher_input = crc32c::crc32c_append(hasher_input, &out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&hasher_input.to_le_bytes());
-    debug_assert_eq!(
-        out.len() - start,
-        RECORD_HEADER_BYTES + body_len(&entry.payload)
-    );
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[0..4]), &out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(out.len() - start, RECORD_HEADER_BYTES + body);
 }
 
 /// The outcome of looking at the bytes where a record should start.
