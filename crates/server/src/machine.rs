@@ -11,6 +11,8 @@ use rkv_kv::{Applied, ClientSeq, Event};
 use rkv_raft::{Index, Snapshot};
 use tokio::sync::{broadcast, oneshot};
 
+use crate::peers::PeerBook;
+
 /// Change events kept for watchers that fall behind before they are told they lagged.
 pub const WATCH_BUFFER_EVENTS: usize = 4096;
 /// Recent change events kept so that a watch can start at a past index.
@@ -109,6 +111,7 @@ pub struct KvMachine {
     waiters: Arc<Waiters>,
     events: broadcast::Sender<Arc<Vec<Event>>>,
     history: Arc<Mutex<History>>,
+    book: Option<Arc<PeerBook>>,
 }
 
 impl KvMachine {
@@ -123,7 +126,15 @@ impl KvMachine {
             waiters,
             events,
             history,
+            book: None,
         }
+    }
+
+    /// Tells `book` every peer record this machine applies or restores (nodes that join
+    /// by address; see [`crate::peers`]).
+    pub fn with_peer_book(mut self, book: Arc<PeerBook>) -> KvMachine {
+        self.book = Some(book);
+        self
     }
 }
 
@@ -134,6 +145,9 @@ impl rkv_engine::StateMachine for KvMachine {
         let applied = self.kv.apply(index.0, command);
         let mut events = Vec::new();
         for a in &applied {
+            if let (Some(book), rkv_kv::Output::PeerSet { node_id }) = (&self.book, &a.output) {
+                book.learn(*node_id, self.kv.peers().get(node_id));
+            }
             self.waiters.notify(a);
             events.extend(a.events.iter().cloned());
         }
@@ -161,6 +175,9 @@ impl rkv_engine::StateMachine for KvMachine {
 
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), String> {
         self.kv = rkv_kv::StateMachine::restore(&snapshot.data).map_err(|e| e.to_string())?;
+        if let Some(book) = &self.book {
+            book.merge_all(self.kv.peers());
+        }
         if let Ok(mut history) = self.history.lock() {
             history.reset(snapshot.meta.index.0);
         }

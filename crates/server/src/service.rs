@@ -14,6 +14,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::machine::{KvMachine, Waiters};
+use crate::peers::PeerBook;
 
 /// How long a write may wait to be applied before its outcome is reported unknown.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +36,8 @@ pub struct Node {
     pub cluster_id: u64,
     /// `-unsafe-local-reads`: every read is served as a stale local read (test only).
     pub unsafe_local_reads: bool,
+    /// The replicated address book, for nodes that let servers join by address.
+    pub book: Option<Arc<PeerBook>>,
 }
 
 /// The leader-stamped clock that session expiry runs on.
@@ -53,10 +56,17 @@ fn status(code: Code, reason: &'static str, message: impl Into<String>) -> Statu
 }
 
 impl Node {
-    /// The client address of server `id`, if it is one of `-servers`.
+    /// The client address of server `id`: its place in `-servers`, or else the client
+    /// address it registered when it joined by address.
     pub fn address_of(&self, id: NodeId) -> Option<String> {
-        let position = usize::try_from(id.0).ok()?.checked_sub(1)?;
-        self.servers.get(position).cloned()
+        let listed = usize::try_from(id.0)
+            .ok()
+            .and_then(|id| id.checked_sub(1))
+            .and_then(|position| self.servers.get(position).cloned());
+        listed.or_else(|| {
+            let record = self.book.as_ref()?.get(id)?;
+            (!record.client_address.is_empty()).then_some(record.client_address)
+        })
     }
 
     /// An engine error as a gRPC status, with the leader's id and address when known.

@@ -1,0 +1,183 @@
+//! rkvd's start-up: from its flags to a serving node. Flags as relab's rkvd (`rkvd -id 1
+//! -servers :9201,:9202,:9203 -cluster 1,2,3`), the rkvpb and rkv.v1 gRPC APIs on the
+//! client address, Raft peers on the client port plus `-peer-port-offset`, Prometheus
+//! metrics on `:590<id>/metrics`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use rkv_engine::EngineConfig;
+use rkv_raft::{Membership, NodeId};
+use rkv_wire::rkvpb::rkv_server::RkvServer;
+use rkv_wire::v1::kv_server::KvServer;
+use tokio::net::TcpListener;
+
+use crate::flags::{Flags, Sync, resolve};
+use crate::identity::{self, Identity};
+use crate::node::{self, NodeSpec};
+use crate::{forward, metrics_http, rkvpb_service, v1_service};
+
+/// An address to dial: an unspecified host (`:9201`) means this machine.
+fn dialable(mut address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    address
+}
+
+fn peer_address(server: &str, offset: u16) -> Result<SocketAddr, String> {
+    let mut address = resolve(server).map_err(|e| e.to_string())?;
+    let port = address
+        .port()
+        .checked_add(offset)
+        .ok_or_else(|| format!("{server}: port + -peer-port-offset {offset} exceeds 65535"))?;
+    address.set_port(port);
+    Ok(address)
+}
+
+/// The largest Raft message rkvd lets the core build: half a peer frame, so that a
+/// frame always holds at least one (and batches of smaller ones).
+const PEER_MESSAGE_BYTES_MAX: usize = rkv_wire::peer::DEFAULT_MAX_FRAME_BYTES as usize / 2;
+
+fn engine_config(flags: &Flags, data_dir: PathBuf) -> EngineConfig {
+    let id = NodeId(flags.id);
+    let mut config = EngineConfig::new(id, data_dir);
+    // Two ticks per heartbeat: fine enough for the election timeout's jitter.
+    let tick = (flags.heartbeat / 2).max(std::time::Duration::from_millis(1));
+    config.tick = tick;
+    config.raft.heartbeat_ticks = 2;
+    config.raft.election_ticks = u32::try_from(flags.election.as_nanos() / tick.as_nanos())
+        .unwrap_or(u32::MAX)
+        .max(3);
+    config.raft.check_quorum = flags.checkquorum;
+    config.raft.entries_per_msg = if flags.batch {
+        usize::try_from(flags.entriespermsg).unwrap_or(64)
+    } else {
+        1
+    };
+    config.raft.catchup_multiplier = usize::try_from(flags.catchupmultiplier).unwrap_or(1024);
+    // -maxgrpc bounds client messages; peer messages must also fit a peer frame.
+    config.raft.max_msg_bytes = flags.maxgrpc.min(PEER_MESSAGE_BYTES_MAX);
+    config.cache_entries = usize::try_from(flags.cache)
+        .unwrap_or(usize::MAX)
+        .min(1 << 20);
+    config.sync = match flags.sync {
+        Sync::Always => rkv_log::SyncPolicy::Always,
+        Sync::None => rkv_log::SyncPolicy::None,
+    };
+    if flags.cluster.contains(&flags.id) {
+        config.bootstrap = Some(Membership::with_voters(
+            flags.cluster.iter().copied().map(NodeId),
+        ));
+    }
+    config
+}
+
+/// Runs rkvd with `flags` until interrupted (Ctrl-C), then lets the node task finish.
+pub async fn run(flags: Flags) -> Result<(), String> {
+    let id = NodeId(flags.id);
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("rkvd-data/{}", flags.id)));
+    if flags.wipe {
+        identity::wipe(&data_dir).map_err(|e| e.to_string())?;
+        tracing::warn!(dir = %data_dir.display(), "-wipe: deleted the data directory");
+    }
+    let cluster_id = identity::cluster_id(&flags.servers, &flags.cluster);
+    identity::check_or_create(
+        &data_dir,
+        &Identity {
+            cluster_id,
+            node_id: flags.id,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if flags.unsafe_local_reads {
+        tracing::warn!("-unsafe-local-reads: reads may be stale (test switch)");
+        eprintln!(
+            "rkvd: WARNING: -unsafe-local-reads: every read is served locally and may be stale (tests only)"
+        );
+    }
+    if flags.sync == Sync::None {
+        tracing::warn!(
+            "-sync none: the log is NEVER fsync'd; acknowledged writes can be lost on a crash"
+        );
+        eprintln!(
+            "rkvd: WARNING: -sync none: acknowledged writes can be lost on a crash (benchmarks only)"
+        );
+    }
+
+    let mut peers = BTreeMap::new();
+    for (position, server) in flags.servers.iter().enumerate() {
+        let peer = NodeId(position as u64 + 1);
+        peers.insert(
+            peer,
+            dialable(peer_address(server, flags.peer_port_offset)?),
+        );
+    }
+    let own_server = &flags.servers[usize::try_from(flags.id - 1).map_err(|e| e.to_string())?];
+    let client_address = resolve(own_server).map_err(|e| e.to_string())?;
+    let peer_listen = peer_address(own_server, flags.peer_port_offset)?;
+
+    let config = engine_config(&flags, data_dir.clone());
+    let started = node::start(NodeSpec {
+        config,
+        cluster_id,
+        peers,
+        peer_listen,
+        // A node given its own address dials from it: peers and packet filters see it.
+        source_address: (!client_address.ip().is_unspecified()).then(|| client_address.ip()),
+        servers: flags.servers.clone(),
+        unsafe_local_reads: flags.unsafe_local_reads,
+        address_book: false,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (node, transport) = (started.node, started.transport);
+    let engine = node.engine.clone();
+
+    if flags.servermetrics {
+        let address = flags
+            .metrics_addr
+            .clone()
+            .unwrap_or_else(|| format!(":590{}", flags.id));
+        let address = resolve(&address).map_err(|e| e.to_string())?;
+        metrics_http::start(address, engine.clone(), transport.stats()).await?;
+    }
+
+    let listener = TcpListener::bind(client_address)
+        .await
+        .map_err(|e| format!("binding the client address {client_address}: {e}"))?;
+    tracing::info!(
+        %id, client = %client_address, peers = %peer_listen, dir = %data_dir.display(),
+        cluster = format!("{cluster_id:016x}"), "rkvd serving"
+    );
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("interrupted: shutting down");
+    };
+    tonic::transport::Server::builder()
+        .add_service(
+            RkvServer::new(rkvpb_service::RkvService::new(node.clone()))
+                .max_decoding_message_size(flags.maxgrpc)
+                .max_encoding_message_size(flags.maxgrpc),
+        )
+        .add_service(
+            KvServer::new(forward::ForwardingKv::new(v1_service::KvService::new(node)))
+                .max_decoding_message_size(flags.maxgrpc)
+                .max_encoding_message_size(flags.maxgrpc),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| format!("serving gRPC: {e}"))?;
+    // Let the node task finish (answer what is pending, close the log) before exiting.
+    let observed = engine.watch();
+    drop(engine);
+    node::wait_stopped(observed, std::time::Duration::from_secs(5)).await;
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Joining by address, in process over real TCP on loopback: a founder registers its own
+//! address, a server joins through the leader, a join sent to a follower is refused with
+//! the leader's address, learners meant to vote are promoted once caught up, and the
+//! newcomers apply what the cluster writes.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rkv_engine::{EngineConfig, ReadLevel};
+use rkv_kv::{PeerRecord, PeerRole, WriteOp};
+use rkv_raft::{Membership, NodeId};
+use rkv_server::membership::{JoinError, Joined, node_id_for, spawn_steward};
+use rkv_server::node::{self, NodeSpec, Started};
+use rkv_server::peers::dialable;
+
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+
+/// Tries `attempt` every [`POLL`] until it succeeds or [`WAIT`] passes.
+async fn eventually<T, E: std::fmt::Debug>(
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    let mut every = tokio::time::interval(POLL);
+    loop {
+        every.tick().await;
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() >= deadline => panic!("{what}: not within {WAIT:?}: {e:?}"),
+            Err(_) => {}
+        }
+    }
+}
+
+/// `count` distinct free loopback addresses (held together while picked, so that the
+/// kernel cannot hand out one port twice).
+fn free_addresses(count: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("address"))
+        .collect()
+}
+
+fn record(name: &str, peer: SocketAddr) -> PeerRecord {
+    PeerRecord {
+        name: name.into(),
+        peer_address: peer.to_string(),
+        client_address: format!("client-of-{name}"),
+        role: PeerRole::Voter,
+    }
+}
+
+fn config(name: &str, dir: &std::path::Path, bootstrap: bool) -> EngineConfig {
+    let id = node_id_for(name);
+    let mut config = EngineConfig::new(id, dir.join(name));
+    config.tick = Duration::from_millis(10);
+    config.raft.election_ticks = 20;
+    if bootstrap {
+        config.bootstrap = Some(Membership::with_voters([id]));
+    }
+    config
+}
+
+async fn start(
+    name: &str,
+    dir: &std::path::Path,
+    cluster_id: u64,
+    peer: SocketAddr,
+    joined: Option<&Joined>,
+) -> Started {
+    let peers: BTreeMap<NodeId, SocketAddr> = joined
+        .map(|j| {
+            j.peers
+                .iter()
+                .filter_map(|(id, r)| Some((NodeId(*id), dialable(&r.peer_address)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let started = node::start(NodeSpec {
+        config: config(name, dir, joined.is_none()),
+        cluster_id,
+        peers,
+        peer_listen: peer,
+        source_address: None,
+        servers: Vec::new(),
+        unsafe_local_reads: false,
+        address_book: true,
+    })
+    .await
+    .expect("node starts");
+    spawn_steward(started.node.clone(), Some(record(name, peer)));
+    started
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_join_by_address_through_the_leader_and_become_voters() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster_id = 0x5eed;
+    let [a_peer, b_peer, c_peer] = free_addresses(3)[..] else {
+        unreachable!("three addresses")
+    };
+    let a = start("a", dir.path(), cluster_id, a_peer, None).await;
+    let (a_id, b_id, c_id) = (node_id_for("a"), node_id_for("b"), node_id_for("c"));
+
+    // The founder leads alone and records its own address.
+    eventually("the founder records itself", async || {
+        match a.node.peers().await {
+            Ok(peers) if peers.get(&a_id.0) == Some(&record("a", a_peer)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    let joined = eventually("b joins through the leader", async || {
+        a.node.join(b_id, record("b", b_peer)).await
+    })
+    .await;
+    assert_eq!(joined.cluster_id, cluster_id);
+    assert_eq!(joined.leader, a_id);
+    assert_eq!(joined.peers.len(), 2, "{:?}", joined.peers);
+    let b = start("b", dir.path(), cluster_id, b_peer, Some(&joined)).await;
+
+    // A joined server that is caught up is promoted by the leader's steward.
+    eventually("b becomes a voter", async || {
+        let status = a.node.engine.status().await.map_err(|e| e.to_string())?;
+        if status.membership.voters.contains(&b_id) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", status.membership))
+        }
+    })
+    .await;
+
+    // A follower refuses a join and names the leader, with its client address.
+    let refused = b
+        .node
+        .join(c_id, record("c", c_peer))
+        .await
+        .expect_err("b does not lead");
+    assert_eq!(
+        refused,
+        JoinError::NotLeader {
+            leader: Some(a_id),
+            leader_address: Some("client-of-a".into())
+        }
+    );
+    // A second name that maps to a taken id is refused (simulated by reusing b's id).
+    let taken = a.node.join(b_id, record("impostor", c_peer)).await;
+    assert!(
+        matches!(taken, Err(JoinError::NameTaken { .. })),
+        "{taken:?}"
+    );
+
+    let joined = a
+        .node
+        .join(c_id, record("c", c_peer))
+        .await
+        .expect("c joins");
+    let c = start("c", dir.path(), cluster_id, c_peer, Some(&joined)).await;
+    eventually("c becomes a voter", async || {
+        let status = a.node.engine.status().await.map_err(|e| e.to_string())?;
+        if status.membership.voters.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", status.membership))
+        }
+    })
+    .await;
+
+    // Writes reach the newcomers, and their book holds everyone.
+    a.node
+        .write(
+            WriteOp::Put {
+                key: Bytes::from("k"),
+                value: Bytes::from("v"),
+            },
+            None,
+        )
+        .await
+        .expect("write");
+    for (name, started) in [("b", &b), ("c", &c)] {
+        let value = eventually(&format!("{name} reads k"), async || {
+            let read = started
+                .node
+                .engine
+                .read(ReadLevel::Linearizable, |m| m.kv.get(b"k").cloned())
+                .await;
+            match read {
+                Ok(Some(value)) => Ok(value),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(value, Bytes::from("v"));
+        let peers = started.node.peers().await.expect("book");
+        assert_eq!(peers.len(), 3, "{name}: {peers:?}");
+        let kept = std::fs::read(dir.path().join(name).join(rkv_server::peers::PEERS_FILE));
+        assert!(
+            kept.is_ok_and(|bytes| !bytes.is_empty()),
+            "{name} keeps the book on disk"
+        );
+    }
+}
