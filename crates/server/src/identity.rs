@@ -127,6 +127,18 @@ pub fn check_or_create(dir: &Path, wanted: &Identity) -> Result<(), IdentityErro
     }
 }
 
+/// The identity `dir` is bound to, if it is bound yet (`None`: a fresh directory).
+pub fn read(dir: &Path) -> Result<Option<Identity>, IdentityError> {
+    let path = dir.join(IDENTITY_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => parse(&text)
+            .map(Some)
+            .map_err(|why| IdentityError::Corrupt(path, why)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(IdentityError::Io(path, e)),
+    }
+}
+
 fn parse(text: &str) -> Result<Identity, String> {
     let mut cluster_id = None;
     let mut node_id = None;

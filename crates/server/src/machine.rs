@@ -112,7 +112,13 @@ pub struct KvMachine {
     events: broadcast::Sender<Arc<Vec<Event>>>,
     history: Arc<Mutex<History>>,
     book: Option<Arc<PeerBook>>,
+    observer: Option<ApplyObserver>,
 }
+
+/// Called on the node task with every applied command entry, in log order: its index,
+/// its bytes and what applying it did (raft-demo's logger writes them to a file). It
+/// runs on the apply path, so it must be quick.
+pub type ApplyObserver = Arc<dyn Fn(Index, &Bytes, &[Applied]) + Send + Sync>;
 
 impl KvMachine {
     /// A fresh machine, with the waiters and the event channel the front ends share.
@@ -127,7 +133,14 @@ impl KvMachine {
             events,
             history,
             book: None,
+            observer: None,
         }
+    }
+
+    /// Calls `observer` with every applied command (see [`ApplyObserver`]).
+    pub fn with_observer(mut self, observer: ApplyObserver) -> KvMachine {
+        self.observer = Some(observer);
+        self
     }
 
     /// Tells `book` every peer record this machine applies or restores (nodes that join
@@ -143,6 +156,9 @@ impl rkv_engine::StateMachine for KvMachine {
 
     fn apply(&mut self, index: Index, command: &Bytes) -> Vec<Applied> {
         let applied = self.kv.apply(index.0, command);
+        if let Some(observer) = &self.observer {
+            observer(index, command, &applied);
+        }
         let mut events = Vec::new();
         for a in &applied {
             if let (Some(book), rkv_kv::Output::PeerSet { node_id }) = (&self.book, &a.output) {

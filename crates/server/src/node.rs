@@ -18,7 +18,7 @@ use crate::peers::PeerBook;
 use crate::service::Node;
 
 /// Everything needed to start a node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeSpec {
     /// The engine's settings (node id, data directory, timing, bootstrap membership).
     pub config: EngineConfig,
@@ -37,6 +37,8 @@ pub struct NodeSpec {
     /// Keep a replicated address book (servers join by address): applied `SetPeer`
     /// records reach the transport, and a copy is kept in the data directory.
     pub address_book: bool,
+    /// Told every applied command, in log order (see [`machine::ApplyObserver`]).
+    pub observer: Option<machine::ApplyObserver>,
 }
 
 /// Why a node did not start. Each case says what the operator can do.
@@ -90,6 +92,9 @@ pub async fn start(spec: NodeSpec) -> Result<Started, StartNodeError> {
         .then(|| Arc::new(PeerBook::open(transport.clone(), Some(&data_dir))));
     if let Some(book) = &book {
         machine = machine.with_peer_book(book.clone());
+    }
+    if let Some(observer) = spec.observer {
+        machine = machine.with_observer(observer);
     }
     let engine = Engine::start(spec.config, machine, transport.clone())
         .map_err(|e| StartNodeError::Engine(id, e))?;

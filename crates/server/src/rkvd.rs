@@ -132,6 +132,7 @@ pub async fn run(flags: Flags) -> Result<(), String> {
         servers: flags.servers.clone(),
         unsafe_local_reads: flags.unsafe_local_reads,
         address_book: false,
+        observer: None,
     })
     .await
     .map_err(|e| e.to_string())?;

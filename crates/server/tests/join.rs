@@ -91,6 +91,7 @@ async fn start(
         servers: Vec::new(),
         unsafe_local_reads: false,
         address_book: true,
+        observer: None,
     })
     .await
     .expect("node starts");

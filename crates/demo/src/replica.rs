@@ -1,0 +1,653 @@
+//! One replica of a demo cluster: rkv's node (from `rkv_server::node`) plus what every
+//! seed system here shares: a name instead of a number, a data directory that binds the
+//! node to its cluster, joining a running cluster through any member over HTTP,
+//! bootstrapping a one-node cluster otherwise, and writes that a follower forwards to
+//! the leader.
+//!
+//! # Names, ids, directories
+//! Users name servers (`node0`, `localhost:4001`); the Raft id is
+//! [`node_id_for`]`(name)`. The data directory holds the node's log, its identity
+//! (cluster id and node id, `rkv_server::identity`), its address book (`peers`) and its
+//! name (`name`). A directory that already has an identity is resumed as it is: a join
+//! address given again is ignored (with a message), as hraftd does.
+//!
+//! # Joining
+//! A new server POSTs `{"id": NAME, "addr": PEER_ADDR, "client_addr": ADDR, "role":
+//! "voter"|"learner"}` to `/join` on any member ([`routes`]). A member that does not lead
+//! forwards the request once to the leader's client address; the leader runs
+//! `rkv_server::membership` (record the address, add a learner) and answers with the
+//! cluster id and the address book. The new server then starts its node with them. The
+//! leader's steward promotes it once caught up if its role is `voter`.
+//!
+//! # Forwarded writes
+//! A follower proposes nothing: it sends the encoded command to the leader's
+//! `/internal/propose`, which proposes it there (and never forwards again, so two nodes
+//! that disagree about the leader cannot bounce a write between them).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use hyper::Method;
+use rkv_engine::{EngineConfig, EngineError, ReadLevel};
+use rkv_kv::{Command, Output, PeerRecord, PeerRole, WriteOp};
+use rkv_raft::{Membership, NodeId};
+use rkv_server::identity::{self, Identity};
+use rkv_server::machine::ApplyObserver;
+use rkv_server::membership::{JoinError, Joined, node_id_for, spawn_steward};
+use rkv_server::node::{self, NodeSpec, Started};
+use rkv_server::peers::dialable;
+use rkv_server::service::{Node, PROPOSAL_TIMEOUT, now_ms};
+use serde::{Deserialize, Serialize};
+
+use crate::http_client::{HttpClient, host_port};
+
+/// The file in the data directory holding the node's name.
+pub const NAME_FILE: &str = "name";
+/// Header marking a request a member already forwarded (it is never forwarded again).
+pub const FORWARDED_HEADER: &str = "x-rkv-forwarded";
+/// How long a new server keeps trying to join before giving up.
+pub const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// What a replica is started with.
+#[derive(Clone)]
+pub struct ReplicaSpec {
+    /// The server's name; its Raft id is derived from it.
+    pub name: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where it listens for Raft peers (`host:port` or `:port`).
+    pub peer_listen: String,
+    /// The HTTP address where it serves `/join` and `/internal/propose` (advertised to
+    /// the others for forwarding; empty if it serves none).
+    pub client_address: String,
+    /// A member's HTTP address to join through; `None` founds a cluster (on first start).
+    pub join: Option<String>,
+    /// What it is meant to become.
+    pub role: PeerRole,
+    /// Told every applied command (raft-demo's logger).
+    pub observer: Option<ApplyObserver>,
+}
+
+/// A running replica.
+pub struct Replica {
+    /// The server's name.
+    pub name: String,
+    /// The node every front end serves from.
+    pub node: Node,
+    /// How it started.
+    pub start: StartKind,
+    http: HttpClient,
+}
+
+/// How a replica came up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartKind {
+    /// It founded a new one-node cluster.
+    Founded,
+    /// It joined a running cluster through a member.
+    Joined,
+    /// Its data directory already belonged to a cluster: it resumed.
+    Resumed,
+}
+
+/// Why a replica did not start, by who can act.
+#[derive(Debug)]
+pub enum ReplicaError {
+    /// The operator must fix the command line or the directory.
+    Config(String),
+    /// The cluster refused or did not answer the join (the message says which).
+    Join(String),
+    /// The node itself did not start (ports, storage).
+    Node(String),
+}
+
+impl std::fmt::Display for ReplicaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicaError::Config(why) | ReplicaError::Node(why) => f.write_str(why),
+            ReplicaError::Join(why) => write!(f, "joining the cluster: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ReplicaError {}
+
+/// The body of `POST /join` (hraftd's `{"addr", "id"}`, plus ours).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct JoinRequest {
+    /// The new server's name.
+    pub id: String,
+    /// Its Raft peer address.
+    pub addr: String,
+    /// Its HTTP address, for forwarding (optional).
+    #[serde(default)]
+    pub client_addr: String,
+    /// `voter` (default) or `learner`.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// One server in a join answer.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct PeerJson {
+    /// Raft id.
+    pub node_id: u64,
+    /// Name.
+    pub name: String,
+    /// Raft peer address.
+    pub peer_address: String,
+    /// HTTP address.
+    pub client_address: String,
+    /// `voter` or `learner`.
+    pub role: String,
+}
+
+/// The answer to a successful `POST /join`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct JoinAnswer {
+    /// The cluster id, in hex.
+    pub cluster_id: String,
+    /// The leader that added the server.
+    pub leader: u64,
+    /// The address book.
+    pub peers: Vec<PeerJson>,
+}
+
+/// A JSON error body: `{"error": ..., "leader": ...}`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+    /// The leader's HTTP address, when a follower knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+}
+
+/// A JSON error response.
+pub fn json_error(status: StatusCode, error: impl Into<String>, leader: Option<String>) -> Response {
+    let body = ErrorBody {
+        error: error.into(),
+        leader,
+    };
+    let text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
+    (status, [("content-type", "application/json")], text).into_response()
+}
+
+fn role_name(role: PeerRole) -> &'static str {
+    match role {
+        PeerRole::Voter => "voter",
+        PeerRole::Learner => "learner",
+    }
+}
+
+fn parse_role(text: Option<&str>) -> Result<PeerRole, String> {
+    match text {
+        None | Some("voter") => Ok(PeerRole::Voter),
+        Some("learner") => Ok(PeerRole::Learner),
+        Some(other) => Err(format!("unknown role {other:?}: use voter or learner")),
+    }
+}
+
+fn answer_from(joined: &Joined) -> JoinAnswer {
+    JoinAnswer {
+        cluster_id: format!("{:016x}", joined.cluster_id),
+        leader: joined.leader.0,
+        peers: joined
+            .peers
+            .iter()
+            .map(|(id, r)| PeerJson {
+                node_id: *id,
+                name: r.name.clone(),
+                peer_address: r.peer_address.clone(),
+                client_address: r.client_address.clone(),
+                role: role_name(r.role).into(),
+            })
+            .collect(),
+    }
+}
+
+fn records_from(answer: &JoinAnswer) -> Result<(u64, BTreeMap<u64, PeerRecord>), String> {
+    let cluster_id = u64::from_str_radix(&answer.cluster_id, 16)
+        .map_err(|_| format!("bad cluster id {:?} in the join answer", answer.cluster_id))?;
+    let mut peers = BTreeMap::new();
+    for p in &answer.peers {
+        peers.insert(
+            p.node_id,
+            PeerRecord {
+                name: p.name.clone(),
+                peer_address: p.peer_address.clone(),
+                client_address: p.client_address.clone(),
+                role: parse_role(Some(&p.role))?,
+            },
+        );
+    }
+    Ok((cluster_id, peers))
+}
+
+/// A cluster id for a new cluster: different for every founding.
+fn new_cluster_id(name: &str) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    node_id_for(&format!("{name}/{nanos}/{}", std::process::id())).0
+}
+
+/// The name stored in `dir`, if the directory holds a node.
+pub fn stored_name(dir: &Path) -> Option<String> {
+    let name = std::fs::read_to_string(dir.join(NAME_FILE)).ok()?;
+    let name = name.trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+fn engine_config(id: NodeId, dir: &Path) -> EngineConfig {
+    let mut config = EngineConfig::new(id, dir.to_path_buf());
+    // Heartbeats every 50 ms, elections after 0.5-1 s: the demos' originals used
+    // similar timings (hashicorp/raft's defaults are 1 s).
+    config.tick = Duration::from_millis(25);
+    config.raft.heartbeat_ticks = 2;
+    config.raft.election_ticks = 20;
+    config
+}
+
+async fn post_join(
+    http: &HttpClient,
+    target: &str,
+    request: &JoinRequest,
+) -> Result<JoinAnswer, (bool, String)> {
+    let body = serde_json::to_vec(request).map_err(|e| (false, e.to_string()))?;
+    let (status, answer) = http
+        .call(Method::POST, target, "/join", &[], Bytes::from(body))
+        .await
+        .map_err(|e| (true, e.to_string()))?;
+    if status.is_success() {
+        return serde_json::from_slice(&answer)
+            .map_err(|e| (false, format!("unreadable join answer: {e}")));
+    }
+    let why = serde_json::from_slice::<ErrorBody>(&answer)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
+    // 503: no leader yet, or busy with another change; anything else will not change.
+    Err((status == StatusCode::SERVICE_UNAVAILABLE, format!("{status}: {why}")))
+}
+
+impl Replica {
+    /// Starts (founds, joins or resumes) a replica; see the module docs.
+    pub async fn start(spec: ReplicaSpec) -> Result<Arc<Replica>, ReplicaError> {
+        let config = |why: String| ReplicaError::Config(why);
+        if spec.name.is_empty() || spec.name.chars().any(char::is_whitespace) {
+            return Err(config(format!(
+                "the server name {:?} must be non-empty, without spaces",
+                spec.name
+            )));
+        }
+        std::fs::create_dir_all(&spec.data_dir)
+            .map_err(|e| config(format!("{}: {e}", spec.data_dir.display())))?;
+        let id = node_id_for(&spec.name);
+        let peer_bind = rkv_server::flags::resolve(&spec.peer_listen)
+            .map_err(|e| config(format!("the Raft address: {e}")))?;
+        let own = PeerRecord {
+            name: spec.name.clone(),
+            peer_address: host_port(&spec.peer_listen),
+            client_address: host_port(&spec.client_address),
+            role: spec.role,
+        };
+        let http = HttpClient::new(PROPOSAL_TIMEOUT + Duration::from_secs(2));
+        let stored = identity::read(&spec.data_dir).map_err(|e| config(e.to_string()))?;
+        let (cluster_id, peers, bootstrap, start) = match stored {
+            Some(stored) => {
+                if stored.node_id != id.0 {
+                    return Err(config(format!(
+                        "{} belongs to another server (not {:?}); use its own directory",
+                        spec.data_dir.display(),
+                        spec.name
+                    )));
+                }
+                if spec.join.is_some() {
+                    tracing::info!("this node already belongs to a cluster: -join is ignored");
+                }
+                (stored.cluster_id, BTreeMap::new(), None, StartKind::Resumed)
+            }
+            None => match &spec.join {
+                Some(target) => {
+                    let request = JoinRequest {
+                        id: spec.name.clone(),
+                        addr: own.peer_address.clone(),
+                        client_addr: own.client_address.clone(),
+                        role: Some(role_name(spec.role).into()),
+                    };
+                    let answer = join_patiently(&http, target, &request).await?;
+                    let (cluster_id, peers) = records_from(&answer).map_err(ReplicaError::Join)?;
+                    (cluster_id, peers, None, StartKind::Joined)
+                }
+                None if spec.role == PeerRole::Learner => {
+                    return Err(config(
+                        "a learner cannot found a cluster: give it a member to -join".into(),
+                    ));
+                }
+                None => (
+                    new_cluster_id(&spec.name),
+                    BTreeMap::new(),
+                    Some(Membership::with_voters([id])),
+                    StartKind::Founded,
+                ),
+            },
+        };
+        identity::check_or_create(
+            &spec.data_dir,
+            &Identity {
+                cluster_id,
+                node_id: id.0,
+            },
+        )
+        .map_err(|e| config(e.to_string()))?;
+        std::fs::write(spec.data_dir.join(NAME_FILE), format!("{}\n", spec.name))
+            .map_err(|e| config(format!("{}: {e}", spec.data_dir.display())))?;
+        let mut config = engine_config(id, &spec.data_dir);
+        config.bootstrap = bootstrap;
+        let addresses = peers
+            .iter()
+            .filter_map(|(id, r)| Some((NodeId(*id), dialable(&r.peer_address)?)))
+            .collect();
+        let started: Started = node::start(NodeSpec {
+            config,
+            cluster_id,
+            peers: addresses,
+            peer_listen: peer_bind,
+            source_address: None,
+            servers: Vec::new(),
+            unsafe_local_reads: false,
+            address_book: true,
+            observer: spec.observer,
+        })
+        .await
+        .map_err(|e| ReplicaError::Node(e.to_string()))?;
+        if let Some(book) = &started.node.book {
+            for (id, record) in &peers {
+                book.learn(*id, Some(record));
+            }
+        }
+        spawn_steward(started.node.clone(), Some(own));
+        Ok(Arc::new(Replica {
+            name: spec.name,
+            node: started.node,
+            start,
+            http,
+        }))
+    }
+
+    /// The HTTP address of the leader, if this node knows one and it registered one.
+    pub fn leader_address(&self) -> Option<String> {
+        let leader = self.node.engine.observed().leader?;
+        self.node.address_of(leader)
+    }
+
+    /// Applies a write on the leader: here if this node leads, else forwarded once.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteDone, WriteError> {
+        let command = Command::Write {
+            now_ms: now_ms(),
+            session: None,
+            op,
+        };
+        command
+            .validate()
+            .map_err(|e| WriteError::TooLarge(e.to_string()))?;
+        let bytes = Bytes::from(command.encode());
+        match propose_here(&self.node, bytes.clone()).await {
+            Err(WriteError::NotLeader { .. }) => self.forward(bytes).await,
+            other => other,
+        }
+    }
+
+    async fn forward(&self, command: Bytes) -> Result<WriteDone, WriteError> {
+        let Some(leader) = self.leader_address() else {
+            return Err(WriteError::NoLeader(
+                "no leader is known (an election may be under way); retry".into(),
+            ));
+        };
+        let answer = self
+            .http
+            .call(Method::POST, &leader, "/internal/propose", &[], command)
+            .await;
+        let (status, body) = answer.map_err(|e| {
+            WriteError::Unknown(format!("forwarding to the leader at {leader} failed: {e}"))
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .map_err(|e| WriteError::Unknown(format!("unreadable answer from the leader: {e}")));
+        }
+        let why = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        Err(match status {
+            StatusCode::PAYLOAD_TOO_LARGE => WriteError::TooLarge(why),
+            StatusCode::BAD_REQUEST => WriteError::Invalid(why),
+            _ => WriteError::NoLeader(format!("the leader at {leader} answered {status}: {why}")),
+        })
+    }
+
+    /// Reads `key` at `level` (a follower confirms a linearizable read with the leader).
+    pub async fn get(&self, key: Bytes, level: ReadLevel) -> Result<Option<Bytes>, WriteError> {
+        let read = self.node.engine.read(level, move |m| m.kv.get(&key).cloned());
+        match tokio::time::timeout(PROPOSAL_TIMEOUT, read).await {
+            Err(_) => Err(WriteError::NoLeader(format!(
+                "the read was not confirmed within {PROPOSAL_TIMEOUT:?}; retry"
+            ))),
+            Ok(Err(e)) => Err(WriteError::from_engine(e)),
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+}
+
+async fn join_patiently(
+    http: &HttpClient,
+    target: &str,
+    request: &JoinRequest,
+) -> Result<JoinAnswer, ReplicaError> {
+    let deadline = Instant::now() + JOIN_PATIENCE;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match post_join(http, target, request).await {
+            Ok(answer) => return Ok(answer),
+            Err((retry, why)) if retry && Instant::now() < deadline => {
+                tracing::info!(%target, %why, "join not done yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err((_, why)) => return Err(ReplicaError::Join(format!("{target}: {why}"))),
+        }
+    }
+}
+
+/// What a write did.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct WriteDone {
+    /// For a delete: whether the key existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existed: Option<bool>,
+}
+
+/// Why a write or read failed, by who can act.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// The client must send something smaller.
+    TooLarge(String),
+    /// The client must fix the request.
+    Invalid(String),
+    /// This node does not lead (only seen inside a node: writes are forwarded).
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// No leader can be reached now: retry later.
+    NoLeader(String),
+    /// It may or may not have been applied.
+    Unknown(String),
+}
+
+impl WriteError {
+    fn from_engine(e: EngineError) -> WriteError {
+        match e {
+            EngineError::NotLeader { leader_hint } => WriteError::NotLeader {
+                leader: leader_hint,
+            },
+            EngineError::Invalid(why) => WriteError::Invalid(why),
+            EngineError::OutcomeUnknown(why) => WriteError::Unknown(why),
+            EngineError::Dropped => {
+                WriteError::NoLeader("leadership changed before the write committed; retry".into())
+            }
+            other => WriteError::NoLeader(other.to_string()),
+        }
+    }
+
+    /// The HTTP status that fits.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WriteError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            WriteError::Invalid(_) => StatusCode::BAD_REQUEST,
+            WriteError::NotLeader { .. } | WriteError::NoLeader(_) | WriteError::Unknown(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::TooLarge(why) => write!(f, "too large: {why}"),
+            WriteError::Invalid(why) => write!(f, "invalid: {why}"),
+            WriteError::NotLeader { .. } => write!(f, "not the leader"),
+            WriteError::NoLeader(why) => write!(f, "unavailable: {why}"),
+            WriteError::Unknown(why) => write!(f, "outcome unknown: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// Proposes an encoded command on this node and waits for it to apply.
+async fn propose_here(node: &Node, command: Bytes) -> Result<WriteDone, WriteError> {
+    let proposed = node.engine.propose(command);
+    let applied = match tokio::time::timeout(PROPOSAL_TIMEOUT, proposed).await {
+        Err(_) => {
+            return Err(WriteError::Unknown(format!(
+                "not applied within {PROPOSAL_TIMEOUT:?}; it may still apply"
+            )));
+        }
+        Ok(result) => result.map_err(WriteError::from_engine)?,
+    };
+    match applied.first().map(|a| &a.output) {
+        Some(Output::Deleted { existed }) => Ok(WriteDone {
+            existed: Some(*existed),
+        }),
+        Some(Output::Limit(e)) => Err(WriteError::TooLarge(e.to_string())),
+        Some(Output::Rejected(e)) => Err(WriteError::Invalid(e.to_string())),
+        Some(other) if other.is_error() => Err(WriteError::Invalid(format!("{other:?}"))),
+        _ => Ok(WriteDone::default()),
+    }
+}
+
+/// `/join` and `/internal/propose`, for every front end's HTTP server.
+pub fn routes() -> Router<Arc<Replica>> {
+    Router::new()
+        .route("/join", post(join_handler))
+        .route("/internal/propose", post(propose_handler))
+}
+
+fn join_status(error: &JoinError) -> StatusCode {
+    match error {
+        JoinError::Invalid(_) => StatusCode::BAD_REQUEST,
+        JoinError::NameTaken { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+async fn join_handler(
+    State(replica): State<Arc<Replica>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request: JoinRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"addr\": \"host:port\", \"id\": \"name\"}}: {e}"),
+                None,
+            );
+        }
+    };
+    let role = match parse_role(request.role.as_deref()) {
+        Ok(role) => role,
+        Err(why) => return json_error(StatusCode::BAD_REQUEST, why, None),
+    };
+    let record = PeerRecord {
+        name: request.id.clone(),
+        peer_address: host_port(&request.addr),
+        client_address: host_port(&request.client_addr),
+        role,
+    };
+    match replica.node.join(node_id_for(&request.id), record).await {
+        Ok(joined) => {
+            let text = serde_json::to_string(&answer_from(&joined)).unwrap_or_default();
+            (StatusCode::OK, [("content-type", "application/json")], text).into_response()
+        }
+        Err(JoinError::NotLeader {
+            leader_address: Some(leader),
+            ..
+        }) if !headers.contains_key(FORWARDED_HEADER) && !leader.is_empty() => {
+            let forwarded = replica
+                .http
+                .call(Method::POST, &leader, "/join", &[(FORWARDED_HEADER, "1")], body)
+                .await;
+            match forwarded {
+                Ok((status, body)) => {
+                    (status, [("content-type", "application/json")], body).into_response()
+                }
+                Err(e) => json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("forwarding the join to the leader at {leader} failed: {e}; retry"),
+                    Some(leader),
+                ),
+            }
+        }
+        Err(e) => {
+            let leader = match &e {
+                JoinError::NotLeader { leader_address, .. } => leader_address.clone(),
+                _ => None,
+            };
+            json_error(join_status(&e), e.to_string(), leader)
+        }
+    }
+}
+
+async fn propose_handler(State(replica): State<Arc<Replica>>, body: Bytes) -> Response {
+    if let Err(e) = Command::decode(&body) {
+        return json_error(StatusCode::BAD_REQUEST, format!("not a command: {e}"), None);
+    }
+    match propose_here(&replica.node, body).await {
+        Ok(done) => {
+            let text = serde_json::to_string(&done).unwrap_or_default();
+            (StatusCode::OK, [("content-type", "application/json")], text).into_response()
+        }
+        Err(e) => json_error(e.status(), e.to_string(), replica.leader_address()),
+    }
+}
+
+/// Binds an HTTP listener on `address` (Go style: `:11000` means every interface).
+pub async fn bind(address: &str) -> Result<tokio::net::TcpListener, ReplicaError> {
+    let resolved: SocketAddr = rkv_server::flags::resolve(address)
+        .map_err(|e| ReplicaError::Config(e.to_string()))?;
+    tokio::net::TcpListener::bind(resolved)
+        .await
+        .map_err(|e| ReplicaError::Node(format!("binding {address}: {e}")))
+}
