@@ -61,7 +61,9 @@ pub async fn run(flags: Flags) -> Result<(), String> {
     } else {
         flags.id.clone()
     };
-    let listener = replica::bind(&flags.haddr).await.map_err(|e| e.to_string())?;
+    let listener = replica::bind(&flags.haddr)
+        .await
+        .map_err(|e| e.to_string())?;
     let replica = Replica::start(ReplicaSpec {
         name,
         data_dir: flags.dir.clone(),
@@ -161,7 +163,10 @@ async fn set_keys(
     if object.len() > PUT_MANY_PAIRS_MAX {
         return json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{} pairs; at most {PUT_MANY_PAIRS_MAX} in one request", object.len()),
+            format!(
+                "{} pairs; at most {PUT_MANY_PAIRS_MAX} in one request",
+                object.len()
+            ),
             None,
         );
     }

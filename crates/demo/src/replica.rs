@@ -173,7 +173,11 @@ pub struct ErrorBody {
 }
 
 /// A JSON error response.
-pub fn json_error(status: StatusCode, error: impl Into<String>, leader: Option<String>) -> Response {
+pub fn json_error(
+    status: StatusCode,
+    error: impl Into<String>,
+    leader: Option<String>,
+) -> Response {
     let body = ErrorBody {
         error: error.into(),
         leader,
@@ -276,7 +280,10 @@ async fn post_join(
         .map(|b| b.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(&answer).into_owned());
     // 503: no leader yet, or busy with another change; anything else will not change.
-    Err((status == StatusCode::SERVICE_UNAVAILABLE, format!("{status}: {why}")))
+    Err((
+        status == StatusCode::SERVICE_UNAVAILABLE,
+        format!("{status}: {why}"),
+    ))
 }
 
 impl Replica {
@@ -421,8 +428,9 @@ impl Replica {
             WriteError::Unknown(format!("forwarding to the leader at {leader} failed: {e}"))
         })?;
         if status.is_success() {
-            return serde_json::from_slice(&body)
-                .map_err(|e| WriteError::Unknown(format!("unreadable answer from the leader: {e}")));
+            return serde_json::from_slice(&body).map_err(|e| {
+                WriteError::Unknown(format!("unreadable answer from the leader: {e}"))
+            });
         }
         let why = serde_json::from_slice::<ErrorBody>(&body)
             .map(|b| b.error)
@@ -436,7 +444,10 @@ impl Replica {
 
     /// Reads `key` at `level` (a follower confirms a linearizable read with the leader).
     pub async fn get(&self, key: Bytes, level: ReadLevel) -> Result<Option<Bytes>, WriteError> {
-        let read = self.node.engine.read(level, move |m| m.kv.get(&key).cloned());
+        let read = self
+            .node
+            .engine
+            .read(level, move |m| m.kv.get(&key).cloned());
         match tokio::time::timeout(PROPOSAL_TIMEOUT, read).await {
             Err(_) => Err(WriteError::NoLeader(format!(
                 "the read was not confirmed within {PROPOSAL_TIMEOUT:?}; retry"
@@ -607,7 +618,13 @@ async fn join_handler(
         }) if !headers.contains_key(FORWARDED_HEADER) && !leader.is_empty() => {
             let forwarded = replica
                 .http
-                .call(Method::POST, &leader, "/join", &[(FORWARDED_HEADER, "1")], body)
+                .call(
+                    Method::POST,
+                    &leader,
+                    "/join",
+                    &[(FORWARDED_HEADER, "1")],
+                    body,
+                )
                 .await;
             match forwarded {
                 Ok((status, body)) => {
@@ -645,8 +662,8 @@ async fn propose_handler(State(replica): State<Arc<Replica>>, body: Bytes) -> Re
 
 /// Binds an HTTP listener on `address` (Go style: `:11000` means every interface).
 pub async fn bind(address: &str) -> Result<tokio::net::TcpListener, ReplicaError> {
-    let resolved: SocketAddr = rkv_server::flags::resolve(address)
-        .map_err(|e| ReplicaError::Config(e.to_string()))?;
+    let resolved: SocketAddr =
+        rkv_server::flags::resolve(address).map_err(|e| ReplicaError::Config(e.to_string()))?;
     tokio::net::TcpListener::bind(resolved)
         .await
         .map_err(|e| ReplicaError::Node(format!("binding {address}: {e}")))
