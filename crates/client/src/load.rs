@@ -5,9 +5,11 @@
 //! - **Open loop by default** (`-throughput N`): each client sends N requests per second
 //!   on a timer, whether or not earlier replies arrived, as the original did; latency
 //!   then shows queueing instead of hiding it by slowing the sender. A missed tick is
-//!   sent late rather than dropped, so the offered rate holds. `-throughput 0` is the
-//!   **closed loop** the etcd comparison uses: each client sends its next request when
-//!   the reply to the previous one arrives.
+//!   sent late rather than dropped, so the offered rate holds. The clients' timers are
+//!   spread evenly over one period, so that N clients offer a steady load rather than a
+//!   burst of N requests at the start of every period. `-throughput 0` is the **closed
+//!   loop** the etcd comparison uses: each client sends its next request when the reply
+//!   to the previous one arrives.
 //! - **One rkvpb session per client** (`Register`, then `Insert` with (clientID, seq)),
 //!   reads with `Lookup`, and by default one [`Client`] (so one connection per server)
 //!   per client, like the original. `-connections N` shares N connections among the
@@ -607,7 +609,12 @@ pub async fn run(
         let stopped = stopped.clone();
         if config.throughput > 0.0 {
             let period = Duration::from_secs_f64(1.0 / config.throughput);
-            clients.spawn(open_loop(worker, workload, period, count, stopped));
+            // Client i starts i/clients of a period late: the clients' timers are spread
+            // over the period, so the offered load is smooth, not all clients at once.
+            let first_at = started + period.mul_f64(index as f64 / f64::from(config.clients));
+            clients.spawn(open_loop(
+                worker, workload, first_at, period, count, stopped,
+            ));
         } else {
             clients.spawn(closed_loop(worker, workload, count, stopped));
         }
@@ -734,15 +741,16 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends on a timer, `period` apart, whatever the replies do.
+/// Sends on a timer, from `first_at` on, `period` apart, whatever the replies do.
 async fn open_loop(
     worker: Arc<Worker>,
     mut workload: Workload,
+    first_at: Instant,
     period: Duration,
     count: u64,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(period.max(Duration::from_nanos(1)));
+    let mut ticker = tokio::time::interval_at(first_at, period.max(Duration::from_nanos(1)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut requests = JoinSet::new();
     let mut sent = 0_u64;
