@@ -567,11 +567,68 @@ async fn propose_here(node: &Node, command: Bytes) -> Result<WriteDone, WriteErr
     }
 }
 
-/// `/join` and `/internal/propose`, for every front end's HTTP server.
+/// `/join`, `/status` and `/internal/propose`, for every front end's HTTP server.
 pub fn routes() -> Router<Arc<Replica>> {
     Router::new()
         .route("/join", post(join_handler))
+        .route("/status", axum::routing::get(status_handler))
         .route("/internal/propose", post(propose_handler))
+}
+
+/// `GET /status`: this node's view of the cluster.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct StatusBody {
+    /// This server's name.
+    pub name: String,
+    /// `leader`, `follower`, `candidate` or `precandidate`.
+    pub role: String,
+    /// The leader's name, if known.
+    pub leader: Option<String>,
+    /// The current term.
+    pub term: u64,
+    /// The commit index.
+    pub commit: u64,
+    /// The applied index.
+    pub applied: u64,
+    /// Names of the voters.
+    pub voters: Vec<String>,
+    /// Names of the learners.
+    pub learners: Vec<String>,
+}
+
+async fn status_handler(State(replica): State<Arc<Replica>>) -> Response {
+    let status = match replica.node.engine.status().await {
+        Ok(status) => status,
+        Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+    };
+    let book = replica
+        .node
+        .book
+        .as_ref()
+        .map(|b| b.all())
+        .unwrap_or_default();
+    let name = |id: NodeId| {
+        book.get(&id.0)
+            .map_or_else(|| format!("id {id}"), |r| r.name.clone())
+    };
+    let body = StatusBody {
+        name: replica.name.clone(),
+        role: format!("{:?}", status.role).to_lowercase(),
+        leader: status.leader.map(name),
+        term: status.term.0,
+        commit: status.commit.0,
+        applied: status.applied.0,
+        voters: status.membership.voters.iter().copied().map(name).collect(),
+        learners: status
+            .membership
+            .learners
+            .iter()
+            .copied()
+            .map(name)
+            .collect(),
+    };
+    let text = serde_json::to_string(&body).unwrap_or_default();
+    (StatusCode::OK, [("content-type", "application/json")], text).into_response()
 }
 
 fn join_status(error: &JoinError) -> StatusCode {
