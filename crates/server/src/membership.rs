@@ -21,8 +21,10 @@
 //! # Promotion
 //! [`spawn_steward`] runs on every node and acts only while the node leads, so it
 //! survives leader changes: every learner whose record says [`PeerRole::Voter`] is
-//! promoted as soon as the core accepts (it refuses a learner that is not caught up;
-//! the steward tries again on its next round). Learners recorded as
+//! promoted once it has acknowledged everything committed (proof that the two can talk
+//! both ways; the core's own check, a bounded lag, would accept a learner that never
+//! answered), trying again on the next round otherwise. A join is refused (retry) until
+//! the leader's own address is in the book, for the same reason. Learners recorded as
 //! [`PeerRole::Learner`] (raft-demo's logger) stay learners. The steward also records
 //! the node's own address when it leads and the book lacks it, which is how the first
 //! server of a cluster gets into the book.
@@ -172,6 +174,13 @@ impl Node {
             }));
         }
         let book = self.peers().await.map_err(|e| self.join_error(e))?;
+        if !book.contains_key(&self.engine.id().0) {
+            // The new server must be able to answer this leader: without the leader's
+            // own address in the book it could receive the log but never acknowledge it.
+            return Err(JoinError::Unavailable(
+                "the leader has not recorded its own address yet".into(),
+            ));
+        }
         if let Some(recorded) = book.get(&node_id.0)
             && recorded.name != record.name
         {

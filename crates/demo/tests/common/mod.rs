@@ -197,6 +197,12 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            // Shown with the failing test's output: what the process said.
+            let errors = self.errors();
+            let tail = &errors[errors.len().saturating_sub(4000)..];
+            eprintln!("--- {} stderr (tail) ---\n{tail}", self.name);
+        }
     }
 }
 
