@@ -11,7 +11,8 @@
 //! is proposed to the log (a follower forwards it to the leader); every replica sends
 //! every committed message, in log order, to all its connected clients as a line
 //! `INDEX TEXT`, INDEX being the message's log index (the same on every replica). A
-//! client sees the messages committed after it connected. A message that could not be
+//! server greets each client with `! joined the room on NAME` once subscribed: the
+//! client sees every message committed after that. A message that could not be
 //! committed is answered `! error ...` to its sender only; `! ...` lines are notices.
 //!
 //! Messages are writes of the reserved key [`CHAT_KEY`] in rkv's key-value machine: each
@@ -30,6 +31,7 @@
 //! (as `NAME: text`) to one of them (the next one if that fails), and prints each
 //! message once: as it hears each from up to `rep` replicas, it drops repeats, keeping
 //! the log indices of the last `mqueueSize` messages (exact, unlike comparing texts).
+//! Messages go to stdout, one line each; notices and errors to stderr.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -105,6 +107,12 @@ async fn serve_chatter(replica: Arc<Replica>, stream: TcpStream) {
             }
         }
     });
+    // The greeting goes out after subscribing: a client that has read it will see
+    // every message committed from then on.
+    let greeting = format!("! joined the room on {}\n", replica.name);
+    if out.send(greeting.into_bytes()).await.is_err() {
+        return;
+    }
     let broadcast_out = out.clone();
     let broadcaster = tokio::spawn(async move {
         loop {
@@ -252,25 +260,26 @@ pub async fn run_client(flags: ClientFlags) -> Result<(), String> {
     let (heard, mut hearing) = mpsc::channel::<(u64, String)>(1024);
     let mut senders = Vec::new();
     for address in config.svr_ips.iter().take(config.rep) {
-        let host = crate::http_client::host_port(address);
-        match TcpStream::connect(&host).await {
-            Ok(stream) => {
-                let (read, write) = stream.into_split();
+        match connect(address).await {
+            Ok((reader, write)) => {
                 senders.push((address.clone(), write));
-                tokio::spawn(listen(address.clone(), read, heard.clone()));
+                tokio::spawn(listen(address.clone(), reader, heard.clone()));
             }
-            Err(e) => eprintln!("chat: cannot reach {address}: {e}"),
+            Err(e) => eprintln!("chat: cannot join the room at {address}: {e}"),
         }
     }
     drop(heard);
     if senders.is_empty() {
         return Err("no server in svrIps could be reached".into());
     }
+    eprintln!("chat: connected to {} server(s)", senders.len());
     let printer = tokio::spawn(async move {
         let mut dedup = Dedup::new(config.mqueue_size);
         let mut stdout = tokio::io::stdout();
         while let Some((index, text)) = hearing.recv().await {
-            if index == 0 || dedup.first_time(index) {
+            if index == 0 {
+                eprintln!("chat: {text}");
+            } else if dedup.first_time(index) {
                 let _ = stdout.write_all(format!("{text}\n").as_bytes()).await;
                 let _ = stdout.flush().await;
             }
@@ -306,23 +315,44 @@ pub async fn run_client(flags: ClientFlags) -> Result<(), String> {
     }
 }
 
-/// Reads `INDEX TEXT` lines from one server; notices (`! ...`) go out with index 0.
-async fn listen(
-    address: String,
-    read: tokio::net::tcp::OwnedReadHalf,
-    heard: mpsc::Sender<(u64, String)>,
-) {
+/// Longest a server may take to greet a client.
+pub const GREETING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+type ServerReader = BufReader<tokio::net::tcp::OwnedReadHalf>;
+
+/// Connects to a chat server and waits for its greeting (after which every committed
+/// message reaches this client).
+async fn connect(address: &str) -> Result<(ServerReader, tokio::net::tcp::OwnedWriteHalf), String> {
+    let host = crate::http_client::host_port(address);
+    let stream = TcpStream::connect(&host).await.map_err(|e| e.to_string())?;
+    let (read, write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    let mut line = String::new();
+    let mut greeting = String::new();
+    match tokio::time::timeout(GREETING_TIMEOUT, reader.read_line(&mut greeting)).await {
+        Ok(Ok(n)) if n > 0 && greeting.starts_with("! joined") => Ok((reader, write)),
+        Ok(Ok(_)) => Err(format!(
+            "not a chat room (it said {:?})",
+            greeting.trim_end()
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no greeting within {GREETING_TIMEOUT:?}")),
+    }
+}
+
+/// Reads `INDEX TEXT` lines from one server; notices (`! ...`) go out with index 0.
+async fn listen(address: String, mut reader: ServerReader, heard: mpsc::Sender<(u64, String)>) {
+    let mut bytes = Vec::new();
     loop {
-        line.clear();
-        match reader.read_line(&mut line).await {
+        bytes.clear();
+        // Bytes, not text: a message that is not UTF-8 is shown lossily, never fatal.
+        match reader.read_until(b'\n', &mut bytes).await {
             Ok(0) | Err(_) => {
                 let _ = heard.send((0, format!("! {address} went away"))).await;
                 return;
             }
             Ok(_) => {}
         }
+        let line = String::from_utf8_lossy(&bytes);
         let text = line.trim_end_matches(['\r', '\n']);
         let parsed = text
             .split_once(' ')
