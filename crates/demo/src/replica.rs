@@ -299,7 +299,7 @@ impl Replica {
         std::fs::create_dir_all(&spec.data_dir)
             .map_err(|e| config(format!("{}: {e}", spec.data_dir.display())))?;
         let id = node_id_for(&spec.name);
-        let peer_bind = rkv_server::flags::resolve(&spec.peer_listen)
+        let peer_bind = resolve_listen(&spec.peer_listen)
             .map_err(|e| config(format!("the Raft address: {e}")))?;
         let own = PeerRecord {
             name: spec.name.clone(),
@@ -717,10 +717,29 @@ async fn propose_handler(State(replica): State<Arc<Replica>>, body: Bytes) -> Re
     }
 }
 
-/// Binds an HTTP listener on `address` (Go style: `:11000` means every interface).
+/// Resolves a listen address, Go style (`:11000` means every interface), preferring
+/// IPv4 (`localhost` may resolve to ::1 first, while `:port` peers dial 127.0.0.1).
+pub fn resolve_listen(address: &str) -> Result<SocketAddr, ReplicaError> {
+    use std::net::ToSocketAddrs;
+    let full = if address.starts_with(':') {
+        format!("0.0.0.0{address}")
+    } else {
+        address.to_string()
+    };
+    let all: Vec<SocketAddr> = full
+        .to_socket_addrs()
+        .map_err(|e| ReplicaError::Config(format!("cannot resolve {address:?}: {e}")))?
+        .collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| all.first())
+        .copied()
+        .ok_or_else(|| ReplicaError::Config(format!("{address:?} resolves to nothing")))
+}
+
+/// Binds an HTTP listener on `address` (see [`resolve_listen`]).
 pub async fn bind(address: &str) -> Result<tokio::net::TcpListener, ReplicaError> {
-    let resolved: SocketAddr =
-        rkv_server::flags::resolve(address).map_err(|e| ReplicaError::Config(e.to_string()))?;
+    let resolved = resolve_listen(address)?;
     tokio::net::TcpListener::bind(resolved)
         .await
         .map_err(|e| ReplicaError::Node(format!("binding {address}: {e}")))

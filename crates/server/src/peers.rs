@@ -46,7 +46,14 @@ pub fn dialable(address: &str) -> Option<SocketAddr> {
     } else {
         address.to_string()
     };
-    let mut resolved = full.to_socket_addrs().ok()?.next()?;
+    // IPv4 first: `localhost` may resolve to ::1 first while listeners bound from
+    // `:port` are IPv4.
+    let all: Vec<SocketAddr> = full.to_socket_addrs().ok()?.collect();
+    let mut resolved = all
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| all.first())
+        .copied()?;
     if resolved.ip().is_unspecified() {
         resolved.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
