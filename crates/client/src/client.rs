@@ -1,8 +1,9 @@
 //! [`Client`]: one handle on an rkv cluster that finds the leader, retries what is safe
 //! to retry, and makes writes exactly-once.
 //!
-//! Why it exists: rkvd does not forward calls; a follower answers UNAVAILABLE with the
-//! leader's id and address (`rkv-leader-id` / `rkv-leader-addr`). Every caller would
+//! Why it exists: rkvd forwards only rkv.v1 writes and membership calls to its leader;
+//! for everything else a follower answers UNAVAILABLE with the leader's id and address
+//! (`rkv-leader-id` / `rkv-leader-addr`). Every caller would
 //! otherwise re-implement the original rkvctl's loop ("on error, try the next server,
 //! with exponential back-off"). Here that loop is written once, bounded, and improved:
 //!
@@ -375,6 +376,14 @@ impl Client {
             let verdict = classify(&status);
             failure.last_status = Some(status);
             match verdict {
+                // A definite refusal of this attempt says nothing about an earlier one
+                // that timed out: that one may still have been applied.
+                Verdict::Fail(error) if failure.maybe_applied => {
+                    return Err(Error::Unavailable {
+                        message: format!("{error}, after an attempt that timed out"),
+                        outcome_unknown: true,
+                    });
+                }
                 Verdict::Fail(error) => return Err(error),
                 Verdict::NotLeader(hint) => {
                     let target = hint.as_deref().and_then(|h| self.index_of(h));
@@ -479,7 +488,22 @@ impl Client {
         Fut: Future<Output = Result<T, Status>>,
     {
         for _ in 0..SESSION_RENEWALS_MAX {
-            let position = self.next_position().await?;
+            // Failing to open a session means the write itself was never sent.
+            let position = self.next_position().await.map_err(|e| match e {
+                Error::Unavailable { message, .. } => Error::Unavailable {
+                    message: format!("opening a session: {message}"),
+                    outcome_unknown: false,
+                },
+                Error::NotLeader { leader_hint, .. } => Error::NotLeader {
+                    leader_hint,
+                    outcome_unknown: false,
+                },
+                Error::Timeout(message) => Error::Unavailable {
+                    message: format!("opening a session: {message}"),
+                    outcome_unknown: false,
+                },
+                other => other,
+            })?;
             let result = self.call(|channel| send(channel, position)).await;
             match result {
                 Ok(value) => return Ok(value),
@@ -1030,6 +1054,38 @@ mod tests {
             classify(&Status::invalid_argument("too big")),
             Verdict::Fail(Error::InvalidArgument(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_after_a_timed_out_attempt_leaves_the_outcome_unknown() {
+        let config = ClientConfig {
+            backoff_initial: Duration::from_millis(1),
+            ..ClientConfig::default()
+        };
+        let client = Client::new(["127.0.0.1:1"], config).expect("valid address");
+        for (first, definite) in [(true, false), (false, true)] {
+            let mut attempt = 0;
+            let result: Result<(), Error> = client
+                .call(|_channel| {
+                    attempt += 1;
+                    let timed_out = first && attempt == 1;
+                    async move {
+                        Err(if timed_out {
+                            Status::deadline_exceeded("the attempt timed out")
+                        } else {
+                            Status::invalid_argument("refused")
+                        })
+                    }
+                })
+                .await;
+            let error = result.expect_err("every attempt fails");
+            assert_eq!(error.outcome_unknown(), !definite, "{error}");
+            assert_eq!(
+                matches!(error, Error::InvalidArgument(_)),
+                definite,
+                "{error}"
+            );
+        }
     }
 
     #[tokio::test]
