@@ -51,6 +51,8 @@ use crate::replica::Replica;
 
 /// The key every chat message is written to.
 pub const CHAT_KEY: &[u8] = b"\0chat";
+/// Most messages a client remembers to drop repeats.
+pub const MQUEUE_SIZE_MAX: usize = 1_000_000;
 /// Longest message line.
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;
 /// Messages a client's connection may fall behind before it is told it missed some.
@@ -193,8 +195,8 @@ impl ClientConfig {
         if config.rep == 0 || config.svr_ips.is_empty() {
             return Err("rep must be at least 1 and svrIps must list a server".into());
         }
-        if config.mqueue_size == 0 {
-            return Err("mqueueSize must be at least 1".into());
+        if config.mqueue_size == 0 || config.mqueue_size > MQUEUE_SIZE_MAX {
+            return Err(format!("mqueueSize must be 1 to {MQUEUE_SIZE_MAX}"));
         }
         Ok(config)
     }
@@ -379,6 +381,7 @@ mod tests {
         assert_eq!(config.mqueue_size, 100);
         assert!(ClientConfig::parse("rep=0\nsvrIps=[\"a:1\"]\nmqueueSize=1").is_err());
         assert!(ClientConfig::parse("rep=\"x\"").is_err());
+        assert!(ClientConfig::parse("rep=1\nsvrIps=[\"a:1\"]\nmqueueSize=99999999999").is_err());
     }
 
     #[test]

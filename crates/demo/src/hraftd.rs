@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -111,9 +111,13 @@ fn level_from(query: Option<&str>) -> Result<ReadLevel, String> {
 
 async fn get_key(
     State(replica): State<Arc<Replica>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let name = match name {
+        Ok(Path(name)) => name,
+        Err(rejection) => return json_error(rejection.status(), rejection.body_text(), None),
+    };
     let level = match level_from(query.as_deref()) {
         Ok(level) => level,
         Err(why) => return json_error(StatusCode::BAD_REQUEST, why, None),
@@ -187,7 +191,14 @@ async fn set_keys(
     }
 }
 
-async fn delete_key(State(replica): State<Arc<Replica>>, Path(name): Path<String>) -> Response {
+async fn delete_key(
+    State(replica): State<Arc<Replica>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    let name = match name {
+        Ok(Path(name)) => name,
+        Err(rejection) => return json_error(rejection.status(), rejection.body_text(), None),
+    };
     match replica
         .write(WriteOp::Delete {
             key: Bytes::from(name),

@@ -123,15 +123,7 @@ pub fn file_observer(path: &Path) -> Result<ApplyObserver, String> {
 
 /// Joins as a learner and logs until SIGINT/SIGTERM.
 pub async fn run(flags: Flags) -> Result<(), String> {
-    if flags.node.join.is_none()
-        && flags
-            .node
-            .data_dir
-            .as_ref()
-            .is_none_or(|d| !d.join("identity").exists())
-    {
-        return Err("the logger joins a running cluster: give it -join ADDRESS".into());
-    }
+    // Replica::start refuses a learner that would found a cluster: it must -join.
     let path = flags
         .logfile
         .clone()

@@ -245,8 +245,9 @@ fn new_cluster_id(name: &str) -> u64 {
     node_id_for(&format!("{name}/{nanos}/{}", std::process::id())).0
 }
 
-/// The name stored in `dir`, if the directory holds a node.
+/// The name stored in `dir`, if the directory holds a node (bound to a cluster).
 pub fn stored_name(dir: &Path) -> Option<String> {
+    identity::read(dir).ok().flatten()?;
     let name = std::fs::read_to_string(dir.join(NAME_FILE)).ok()?;
     let name = name.trim().to_string();
     (!name.is_empty()).then_some(name)
@@ -348,16 +349,24 @@ impl Replica {
                 ),
             },
         };
-        identity::check_or_create(
-            &spec.data_dir,
-            &Identity {
-                cluster_id,
-                node_id: id.0,
-            },
-        )
-        .map_err(|e| config(e.to_string()))?;
-        std::fs::write(spec.data_dir.join(NAME_FILE), format!("{}\n", spec.name))
-            .map_err(|e| config(format!("{}: {e}", spec.data_dir.display())))?;
+        let bind_identity = || -> Result<(), ReplicaError> {
+            identity::check_or_create(
+                &spec.data_dir,
+                &Identity {
+                    cluster_id,
+                    node_id: id.0,
+                },
+            )
+            .map_err(|e| config(e.to_string()))?;
+            std::fs::write(spec.data_dir.join(NAME_FILE), format!("{}\n", spec.name))
+                .map_err(|e| config(format!("{}: {e}", spec.data_dir.display())))
+        };
+        // A joiner binds its directory only once its address book is on disk: a crash in
+        // between leaves a directory that joins again, never a member that cannot reach
+        // its peers.
+        if start != StartKind::Joined {
+            bind_identity()?;
+        }
         let mut config = engine_config(id, &spec.data_dir);
         config.bootstrap = bootstrap;
         let addresses = peers
@@ -381,6 +390,9 @@ impl Replica {
             for (id, record) in &peers {
                 book.learn(*id, Some(record));
             }
+        }
+        if start == StartKind::Joined {
+            bind_identity()?;
         }
         spawn_steward(started.node.clone(), Some(own));
         Ok(Arc::new(Replica {

@@ -131,6 +131,8 @@ async fn the_readme_session_works_with_forwarding_errors_and_restarts() {
             r#"{"addr": 7}"#,
             StatusCode::BAD_REQUEST,
         ),
+        (Method::GET, "/key/%FF", "", StatusCode::BAD_REQUEST),
+        (Method::DELETE, "/key/%FF", "", StatusCode::BAD_REQUEST),
     ];
     for (method, path, body, expected) in cases {
         let (code, answer) = call(&client, method.clone(), &nodes[1].haddr, path, body)
