@@ -209,7 +209,7 @@ pub struct ClientFlags {
     /// The TOML file (rep, svrIps, mqueueSize).
     #[arg(long)]
     pub config: PathBuf,
-    /// The name shown before your messages (default: user<pid>).
+    /// The name shown before your messages (default: "user" and the process id).
     #[arg(long)]
     pub name: Option<String>,
 }

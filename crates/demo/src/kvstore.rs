@@ -59,7 +59,7 @@ pub struct NodeFlags {
     /// Join the cluster through the member serving joins at this address.
     #[arg(long)]
     pub join: Option<String>,
-    /// Where the node keeps its state (default: rkv-demo-data/<id>).
+    /// Where the node keeps its state (default: rkv-demo-data/ID).
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
     /// Log filter (info, debug, ...).
@@ -140,7 +140,7 @@ pub struct Flags {
     /// Write memory statistics here when stopped.
     #[arg(long)]
     pub memprofile: Option<PathBuf>,
-    /// Log every received request to <dir>/<id>.log.
+    /// Log every received request to DIR/ID.log.
     #[arg(long)]
     pub logfolder: Option<PathBuf>,
 }

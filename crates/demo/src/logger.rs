@@ -40,7 +40,7 @@ pub struct Flags {
     /// The node.
     #[command(flatten)]
     pub node: NodeFlags,
-    /// The file commands are written to (default: <id>.commands.log).
+    /// The file commands are written to (default: ID.commands.log).
     #[arg(long)]
     pub logfile: Option<PathBuf>,
 }
