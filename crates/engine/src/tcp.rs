@@ -34,6 +34,8 @@ const PEER_QUEUE_MESSAGES: usize = 8192;
 const FRAME_MESSAGES_MAX: usize = 1024;
 /// Longest wait for a peer's HELLO.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection attempt to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest a frame may take to write before the connection is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -365,18 +367,25 @@ async fn send_over(
     stats: &TransportStats,
     connected: &mut bool,
 ) -> Result<(), TransportError> {
-    let stream = match source {
-        None => TcpStream::connect(address).await?,
-        Some(source) => {
-            let socket = if source.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            socket.bind(SocketAddr::new(source, 0))?;
-            socket.connect(address).await?
+    let connect = async {
+        match source {
+            None => TcpStream::connect(address).await,
+            Some(source) => {
+                let socket = if source.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(source, 0))?;
+                socket.connect(address).await
+            }
         }
     };
+    // Bounded: a peer whose SYNs are dropped must not hold the dial loop for the
+    // kernel's minutes of SYN retries; the loop redials with back-off instead.
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out"))??;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut reader = FrameReader {

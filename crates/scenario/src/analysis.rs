@@ -29,37 +29,68 @@ fn effect(op: &Operation) -> Option<Option<&str>> {
     }
 }
 
-/// Acknowledged writes (ok puts, deletes and successful swaps) whose value is not the
-/// key's final value although no other write to that key could have come after them: no
-/// other write (ok or unknown) to the key completed after the lost one was invoked.
-/// `finals` holds each key's value as read (linearizably) after the run.
+/// Acknowledged writes (ok puts, deletes and successful swaps) that the key's final
+/// value (read linearizably after the run; `finals`) shows were lost.
+///
+/// Written values are unique, so a final value `Some(v)` names the one write W that
+/// left it: every acknowledged write invoked after W completed must have taken effect
+/// after W, and would have replaced `v`. Such a write is lost. Writes that may have
+/// taken effect (unknown) do not excuse it: had they landed after W, `v` would be gone
+/// too. A final value of absent is left by a delete (or by nothing): an acknowledged
+/// put or swap is lost if no delete (acknowledged or unknown) could have come after it.
+/// Runs in one pass per key.
 pub fn lost_writes(
     history: &[Operation],
     finals: &BTreeMap<String, Option<String>>,
 ) -> Vec<LostWrite> {
+    let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    for op in history.iter().filter(|op| effect(op).is_some()) {
+        by_key.entry(op.key.as_str()).or_default().push(op);
+    }
     let mut lost = Vec::new();
-    for (i, op) in history.iter().enumerate() {
-        if op.outcome != Outcome::Ok {
-            continue;
-        }
-        let Some(value) = effect(op) else { continue };
-        let Some(final_value) = finals.get(&op.key) else {
+    for (key, writes) in by_key {
+        let Some(final_value) = finals.get(key) else {
             continue;
         };
-        if final_value.as_deref() == value {
-            continue;
-        }
-        let overwritten = history.iter().enumerate().any(|(j, other)| {
-            j != i
-                && other.key == op.key
-                && effect(other).is_some()
-                && (other.outcome == Outcome::Unknown || other.complete > op.invoke)
-        });
-        if !overwritten {
+        let acknowledged = writes.iter().filter(|op| op.outcome == Outcome::Ok);
+        let mut report = |op: &Operation| {
             lost.push(LostWrite {
                 op: op.clone(),
                 final_value: final_value.clone(),
-            });
+            })
+        };
+        match final_value {
+            Some(value) => {
+                let Some(writer) = writes
+                    .iter()
+                    .find(|op| effect(op) == Some(Some(value.as_str())))
+                else {
+                    // A value nobody wrote: the linearizability check reports it.
+                    continue;
+                };
+                if writer.outcome != Outcome::Ok {
+                    continue; // it may have landed any time after its invocation
+                }
+                for op in acknowledged.filter(|op| op.invoke > writer.complete) {
+                    report(op);
+                }
+            }
+            None => {
+                let last_delete = writes
+                    .iter()
+                    .filter(|op| effect(op) == Some(None))
+                    .map(|op| match op.outcome {
+                        Outcome::Unknown => u64::MAX,
+                        _ => op.complete,
+                    })
+                    .max();
+                for op in acknowledged {
+                    let sets_value = matches!(effect(op), Some(Some(_)));
+                    if sets_value && last_delete.is_none_or(|end| end <= op.invoke) {
+                        report(op);
+                    }
+                }
+            }
         }
     }
     lost
@@ -177,17 +208,48 @@ mod tests {
     }
 
     #[test]
-    fn unknown_writes_may_land_any_time_and_failed_ones_never() {
+    fn unknown_writes_do_not_excuse_a_lost_one() {
+        // "1" is final although "2" was acknowledged after "1" finished: "2" is lost,
+        // whatever the unknown "3" did.
+        let history = [
+            op("a", 0, 10, Outcome::Ok, put("1")),
+            op("a", 20, 30, Outcome::Ok, put("2")),
+            op("a", 5, 6, Outcome::Unknown, put("3")),
+        ];
+        let lost = lost_writes(&history, &finals(&[("a", Some("1"))]));
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].op.kind, put("2"));
+        // An unknown write may be the final one, at any time after its invocation.
         let unknown = [
             op("a", 20, 30, Outcome::Ok, put("2")),
             op("a", 0, 10, Outcome::Unknown, put("1")),
         ];
         assert!(lost_writes(&unknown, &finals(&[("a", Some("1"))])).is_empty());
+        // A failed write never took effect: a value only it wrote is not its doing.
         let failed = [
             op("a", 20, 30, Outcome::Ok, put("2")),
             op("a", 40, 50, Outcome::Failed, put("1")),
         ];
-        assert_eq!(lost_writes(&failed, &finals(&[("a", Some("1"))])).len(), 1);
+        assert!(lost_writes(&failed, &finals(&[("a", Some("1"))])).is_empty());
+    }
+
+    #[test]
+    fn an_absent_final_value_needs_a_delete_after_each_acknowledged_put() {
+        let history = [
+            op("a", 0, 10, Outcome::Ok, put("1")),
+            op("a", 5, 20, Outcome::Ok, OpKind::Delete),
+        ];
+        assert!(lost_writes(&history, &finals(&[("a", None)])).is_empty());
+        let history = [
+            op("a", 0, 10, Outcome::Ok, OpKind::Delete),
+            op("a", 20, 30, Outcome::Ok, put("1")),
+        ];
+        assert_eq!(lost_writes(&history, &finals(&[("a", None)])).len(), 1);
+        let history = [
+            op("a", 20, 30, Outcome::Ok, put("1")),
+            op("a", 0, 10, Outcome::Unknown, OpKind::Delete),
+        ];
+        assert!(lost_writes(&history, &finals(&[("a", None)])).is_empty());
     }
 
     #[test]

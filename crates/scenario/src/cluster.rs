@@ -5,12 +5,15 @@
 //! is this machine's), so packet filters can tell the nodes apart: rkvd dials its peers
 //! from its own address. Nodes beyond the initial voters are *spares*: listed in
 //! `-servers` (so they can be added later) but not started until a scenario adds them.
-//! Dropping a [`Cluster`] kills every process it started, so no run leaves servers
-//! behind, also when interrupted.
+//! The cluster remembers which nodes are members, as the scenario changes them, so that
+//! faults aim at members only. A process that exits without being told to is recorded
+//! (a crash the run must report), never silently reaped. Dropping a [`Cluster`] kills
+//! every process it started, so no run leaves servers behind, also when interrupted.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -54,7 +57,7 @@ pub struct Node {
     pub address: SocketAddrV4,
     child: Option<Child>,
     paused: bool,
-    /// How many times it was started.
+    /// How many times it was started (0: never, so its directory is empty).
     pub starts: u32,
 }
 
@@ -72,6 +75,9 @@ pub struct Cluster {
     /// Every listed server, voters first, then spares.
     pub nodes: Vec<Node>,
     servers: String,
+    members: BTreeSet<u64>,
+    pids: Vec<u32>,
+    unexpected_exits: Vec<(u64, String)>,
 }
 
 impl Cluster {
@@ -95,10 +101,14 @@ impl Cluster {
             .map(|n| n.address.to_string())
             .collect::<Vec<_>>()
             .join(",");
+        let members = (1..=spec.voters as u64).collect();
         Cluster {
             spec,
             nodes,
             servers,
+            members,
+            pids: Vec::new(),
+            unexpected_exits: Vec::new(),
         }
     }
 
@@ -124,22 +134,41 @@ impl Cluster {
             .ok_or_else(|| ScenarioError::Cluster(format!("no node {id}")))
     }
 
-    /// Ids of the nodes whose process runs (paused ones included).
+    /// The members, as the scenario last changed them.
+    pub fn members(&self) -> Vec<u64> {
+        self.members.iter().copied().collect()
+    }
+
+    /// Records that `id` joined (`true`) or left the configuration.
+    pub fn set_member(&mut self, id: u64, member: bool) {
+        if member {
+            self.members.insert(id);
+        } else {
+            self.members.remove(&id);
+        }
+    }
+
+    /// Ids of the members whose process runs (paused ones included).
     pub fn running(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.child.is_some())
+            .filter(|n| n.child.is_some() && self.members.contains(&n.id))
             .map(|n| n.id)
             .collect()
     }
 
-    /// Ids of the running nodes that are not paused.
+    /// Ids of the running members that are not paused.
     pub fn live(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.child.is_some() && !n.paused)
+            .filter(|n| n.child.is_some() && !n.paused && self.members.contains(&n.id))
             .map(|n| n.id)
             .collect()
+    }
+
+    /// Every process id this run started.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
     }
 
     /// Where node `id` keeps its data.
@@ -158,6 +187,7 @@ impl Cluster {
 
     /// Starts node `id` from its data directory (a no-op if it runs).
     pub fn start(&mut self, id: u64) -> Result<(), ScenarioError> {
+        self.poll_exits();
         if self.node(id).is_some_and(|n| n.child.is_some()) {
             return Ok(());
         }
@@ -198,6 +228,7 @@ impl Cluster {
                 self.spec.rkvd.display()
             ))
         })?;
+        self.pids.push(child.id());
         let node = self.node_mut(id)?;
         node.child = Some(child);
         node.paused = false;
@@ -205,14 +236,41 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGKILLs node `id` (resuming it first if paused, so it dies at once) and reaps it.
-    pub fn kill(&mut self, id: u64) -> Result<(), ScenarioError> {
-        let node = self.node_mut(id)?;
-        if let Some(mut child) = node.child.take() {
-            let _ = child.kill();
+    /// Records (and forgets) every process that exited although nobody killed it.
+    pub fn poll_exits(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.unexpected_exits.push((node.id, status.to_string()));
+                node.child = None;
+                node.paused = false;
+            }
+        }
+    }
+
+    /// The processes that exited without being told to, so far.
+    pub fn unexpected_exits(&mut self) -> Vec<(u64, String)> {
+        self.poll_exits();
+        self.unexpected_exits.clone()
+    }
+
+    /// SIGKILLs the nodes `ids` (a stopped process dies too), all before reaping any, so
+    /// that they die at the same moment.
+    pub fn kill(&mut self, ids: &[u64]) -> Result<(), ScenarioError> {
+        self.poll_exits();
+        let mut killed = Vec::new();
+        for id in ids {
+            let node = self.node_mut(*id)?;
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                killed.push(child);
+            }
+            node.paused = false;
+        }
+        for mut child in killed {
             let _ = child.wait();
         }
-        node.paused = false;
         Ok(())
     }
 
@@ -244,30 +302,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// Deletes node `id`'s data directory (it must not run): it can then join afresh.
-    pub fn wipe(&mut self, id: u64) -> Result<(), ScenarioError> {
-        if self.node(id).is_some_and(|n| n.child.is_some()) {
-            return Err(ScenarioError::Cluster(format!(
-                "node {id} runs: not wiping its data"
-            )));
-        }
-        remove_dir(&self.data_dir(id))
-    }
-
-    /// Whether a process exited on its own (a crash the scenario did not cause).
-    pub fn exited_by_itself(&mut self) -> Vec<(u64, String)> {
-        let mut exited = Vec::new();
-        for node in &mut self.nodes {
-            if let Some(child) = node.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                exited.push((node.id, status.to_string()));
-                node.child = None;
-            }
-        }
-        exited
-    }
-
     /// A client of all listed servers, the ones in `first` tried first.
     pub fn client(&self, first: &[u64], config: ClientConfig) -> Result<Client, ScenarioError> {
         let mut order: Vec<String> = first
@@ -290,13 +324,8 @@ impl Cluster {
 
     /// Kills every process (the run is over).
     pub fn stop_all(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            node.paused = false;
-        }
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        let _ = self.kill(&ids);
     }
 }
 
@@ -310,15 +339,4 @@ fn signal(pid: u32, signal: Signal) -> Result<(), ScenarioError> {
     let pid = i32::try_from(pid).map_err(|_| ScenarioError::Cluster(format!("pid {pid}")))?;
     kill(Pid::from_raw(pid), signal)
         .map_err(|e| ScenarioError::Cluster(format!("sending {signal} to {pid}: {e}")))
-}
-
-fn remove_dir(path: &Path) -> Result<(), ScenarioError> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ScenarioError::Io(format!(
-            "removing {}: {e}",
-            path.display()
-        ))),
-    }
 }

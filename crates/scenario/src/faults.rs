@@ -21,7 +21,7 @@ use crate::workload::Recorder;
 use crate::{Scenario, ScenarioError};
 
 /// How long a follower stays cut off in `partition-follower` (the original's 5 s).
-pub const PARTITION_FOLLOWER: Duration = Duration::from_secs(5);
+pub const PARTITION_FOLLOWER_HOLD: Duration = Duration::from_secs(5);
 
 /// Longest a membership step (a new server catching up, a change committing) may take.
 const MEMBERSHIP_STEP_MAX: Duration = Duration::from_secs(20);
@@ -30,7 +30,7 @@ const MEMBERSHIP_STEP_MAX: Duration = Duration::from_secs(20);
 #[derive(Clone, Debug)]
 pub struct FaultEvent {
     /// When, in microseconds since the run started.
-    pub at: u64,
+    pub at_us: u64,
     /// What, in words.
     pub what: String,
     /// Whether this event starts a fault (rather than healing one).
@@ -106,7 +106,7 @@ impl<'a> Faults<'a> {
 
     fn log(&mut self, starts_fault: bool, what: String) {
         self.events.push(FaultEvent {
-            at: self.recorder.now(),
+            at_us: self.recorder.now(),
             what,
             starts_fault,
         });
@@ -137,10 +137,9 @@ impl<'a> Faults<'a> {
     ) -> Result<(), ScenarioError> {
         let kinds: Vec<Scenario> = match scenario {
             Scenario::None => return wait_until(until).await,
-            Scenario::All => Scenario::ALL
+            Scenario::All => Scenario::EVERY
                 .into_iter()
                 .filter(|s| !matches!(s, Scenario::None | Scenario::All))
-                .filter(|s| self.firewall.is_some() || !s.needs_firewall())
                 .collect(),
             one => vec![one],
         };
@@ -180,7 +179,7 @@ impl<'a> Faults<'a> {
             self.log(false, "crash-leader: no leader to kill; skipped".into());
             return Ok(());
         };
-        self.cluster.kill(leader)?;
+        self.cluster.kill(&[leader])?;
         self.log(true, format!("SIGKILL leader {leader}"));
         let down = self.between(Duration::from_millis(800), Duration::from_millis(2000));
         tokio::time::sleep(down).await;
@@ -191,9 +190,7 @@ impl<'a> Faults<'a> {
 
     async fn crash_all(&mut self) -> Result<(), ScenarioError> {
         let running = self.cluster.running();
-        for id in &running {
-            self.cluster.kill(*id)?;
-        }
+        self.cluster.kill(&running)?;
         self.log(true, format!("SIGKILL every node {running:?}"));
         let down = self.between(Duration::from_millis(300), Duration::from_millis(1000));
         tokio::time::sleep(down).await;
@@ -259,12 +256,15 @@ impl<'a> Faults<'a> {
     }
 
     async fn partition_follower(&mut self) -> Result<(), ScenarioError> {
-        let leader = find_leader(self.cluster).await;
+        let Some(leader) = find_leader(self.cluster).await else {
+            self.log(false, "partition-follower: no leader; skipped".into());
+            return Ok(());
+        };
         let followers: Vec<u64> = self
             .cluster
             .running()
             .into_iter()
-            .filter(|id| Some(*id) != leader)
+            .filter(|id| *id != leader)
             .collect();
         let Some(follower) = self.pick(&followers) else {
             return Ok(());
@@ -277,7 +277,7 @@ impl<'a> Faults<'a> {
             .collect();
         self.cut(
             vec![vec![follower], rest],
-            PARTITION_FOLLOWER,
+            PARTITION_FOLLOWER_HOLD,
             format!("cut follower {follower} off"),
         )
         .await
@@ -305,6 +305,13 @@ impl<'a> Faults<'a> {
 
     async fn partition_random(&mut self) -> Result<(), ScenarioError> {
         let mut nodes = self.cluster.running();
+        if nodes.len() < 2 {
+            self.log(
+                false,
+                "partition-random: fewer than 2 nodes; skipped".into(),
+            );
+            return Ok(());
+        }
         // Fisher-Yates with the run's generator.
         for i in (1..nodes.len()).rev() {
             let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
@@ -338,8 +345,17 @@ impl<'a> Faults<'a> {
         Ok((voters, learners))
     }
 
-    /// Starts a spare afresh and makes it a voter. Returns its id, or `None` if there is
-    /// no spare or it could not be added in time (logged).
+    /// Whether `id` is a voter now, as far as the cluster answers.
+    async fn is_voter(&self, id: u64) -> bool {
+        self.members()
+            .await
+            .is_ok_and(|(voters, _)| voters.contains(&id))
+    }
+
+    /// Starts a server that is not a member and makes it a voter: a never-started spare
+    /// if there is one (an empty directory: a fresh server), else a former member from
+    /// the directory it kept. Returns its id, or `None` if there is none or it could not
+    /// be added in time (logged).
     async fn add_spare(&mut self, exclude: &[u64]) -> Result<Option<u64>, ScenarioError> {
         let (voters, learners) = match self.members().await {
             Ok(members) => members,
@@ -348,46 +364,61 @@ impl<'a> Faults<'a> {
                 return Ok(None);
             }
         };
-        let spares: Vec<u64> = self
+        let mut candidates: Vec<(u32, u64)> = self
             .cluster
             .nodes
             .iter()
-            .map(|n| n.id)
-            .filter(|id| !voters.contains(id) && !learners.contains(id) && !exclude.contains(id))
+            .filter(|n| {
+                !voters.contains(&n.id) && !learners.contains(&n.id) && !exclude.contains(&n.id)
+            })
+            .map(|n| (n.starts, n.id))
             .collect();
-        let Some(spare) = spares.first().copied() else {
+        candidates.sort_unstable();
+        let Some(&(starts, spare)) = candidates.first() else {
             self.log(false, "no spare server to add".into());
             return Ok(None);
         };
-        self.cluster.kill(spare)?;
-        self.cluster.wipe(spare)?;
+        self.cluster.kill(&[spare])?;
         self.cluster.start(spare)?;
         let address = self
             .cluster
             .node(spare)
             .map(|n| n.address.to_string())
             .unwrap_or_default();
-        self.log(true, format!("adding server {spare} as a learner"));
+        let what = if starts == 0 {
+            "fresh server"
+        } else {
+            "former member"
+        };
+        self.log(true, format!("adding {what} {spare} as a learner"));
         if let Err(e) = self.admin.member_add(spare, &address, false).await {
-            self.log(false, format!("adding {spare} failed: {e}"));
+            self.log(false, format!("adding {spare} answered: {e}"));
         }
         let deadline = Instant::now() + MEMBERSHIP_STEP_MAX;
         loop {
-            match self.admin.member_promote(spare).await {
-                Ok(_) => {
-                    self.log(false, format!("promoted {spare} to voter"));
-                    return Ok(Some(spare));
-                }
-                Err(e) if Instant::now() >= deadline => {
-                    self.log(false, format!("promoting {spare} gave up: {e}"));
-                    return Ok(None);
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            // A lost reply to an applied promotion makes the next attempt fail: ask.
+            let promoted =
+                self.admin.member_promote(spare).await.is_ok() || self.is_voter(spare).await;
+            if promoted {
+                self.cluster.set_member(spare, true);
+                self.log(false, format!("promoted {spare} to voter"));
+                return Ok(Some(spare));
             }
+            if Instant::now() >= deadline {
+                let learner = self.members().await.is_ok_and(|(_, l)| l.contains(&spare));
+                self.cluster.set_member(spare, learner);
+                self.log(
+                    false,
+                    format!("promoting {spare} gave up (learner: {learner})"),
+                );
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Removes member `id`, then stops it and wipes its directory (it becomes a spare).
+    /// Removes member `id`, then stops it. Its directory stays: if it is added again
+    /// later, it comes back as a former member, with its log and its vote.
     async fn remove(&mut self, id: u64) -> Result<bool, ScenarioError> {
         self.log(true, format!("removing member {id}"));
         let deadline = Instant::now() + MEMBERSHIP_STEP_MAX;
@@ -401,9 +432,9 @@ impl<'a> Faults<'a> {
                 }),
             };
             if gone {
-                self.cluster.kill(id)?;
-                self.cluster.wipe(id)?;
-                self.log(false, format!("removed {id}; stopped and wiped it"));
+                self.cluster.kill(&[id])?;
+                self.cluster.set_member(id, false);
+                self.log(false, format!("removed {id}; stopped it"));
                 return Ok(true);
             }
             if Instant::now() >= deadline {

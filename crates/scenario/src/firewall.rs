@@ -15,18 +15,21 @@ use std::process::{Command, Stdio};
 
 use crate::ScenarioError;
 
+/// Prefix of the tables this tool creates; the rest of the name is the creator's pid.
+const TABLE_PREFIX: &str = "rkv_scenario_";
+
 /// The run's nftables table.
 #[derive(Debug)]
 pub struct Firewall {
     table: String,
-    /// The groups currently cut off from each other (empty: healed).
-    pub groups: Vec<Vec<Ipv4Addr>>,
 }
 
 impl Firewall {
-    /// Creates the run's (empty) table and chain.
+    /// Creates the run's (empty) table and chain, after deleting the tables of earlier
+    /// runs whose process is gone (killed before it could clean up).
     pub fn new() -> Result<Firewall, ScenarioError> {
-        let table = format!("rkv_scenario_{}", std::process::id());
+        sweep_orphans();
+        let table = format!("{TABLE_PREFIX}{}", std::process::id());
         nft(&format!(
             "add table ip {table}\n\
              add chain ip {table} input {{ type filter hook input priority 0 ; policy accept ; }}\n"
@@ -36,10 +39,7 @@ impl Firewall {
                 "{e}\npartitions need root and nftables (apt-get install nftables)"
             ))
         })?;
-        Ok(Firewall {
-            table,
-            groups: Vec::new(),
-        })
+        Ok(Firewall { table })
     }
 
     /// Cuts every group off from every other (both directions); replaces any earlier cut.
@@ -60,16 +60,12 @@ impl Firewall {
                 }
             }
         }
-        nft(&script)?;
-        self.groups = groups.to_vec();
-        Ok(())
+        nft(&script)
     }
 
     /// Removes every rule: all nodes reach each other again.
     pub fn heal(&mut self) -> Result<(), ScenarioError> {
-        nft(&format!("flush chain ip {} input\n", self.table))?;
-        self.groups.clear();
-        Ok(())
+        nft(&format!("flush chain ip {} input\n", self.table))
     }
 }
 
@@ -80,6 +76,27 @@ impl Drop for Firewall {
                 "rkv-scenario: could not delete nftables table {}: {e}",
                 self.table
             );
+        }
+    }
+}
+
+/// Deletes `rkv_scenario_<pid>` tables whose process no longer exists.
+fn sweep_orphans() {
+    let Ok(output) = Command::new("nft").args(["list", "tables"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        // "table ip rkv_scenario_1234"
+        let Some(pid) = line
+            .trim()
+            .strip_prefix("table ip ")
+            .and_then(|name| name.strip_prefix(TABLE_PREFIX))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = nft(&format!("delete table ip {TABLE_PREFIX}{pid}\n"));
         }
     }
 }

@@ -85,7 +85,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order the help lists them.
-    pub const ALL: [Scenario; 10] = [
+    pub const EVERY: [Scenario; 10] = [
         Scenario::None,
         Scenario::CrashLeader,
         Scenario::CrashAll,
@@ -116,11 +116,11 @@ impl Scenario {
 
     /// The scenario called `name`.
     pub fn parse(name: &str) -> Result<Scenario, ScenarioError> {
-        Scenario::ALL
+        Scenario::EVERY
             .into_iter()
             .find(|s| s.name() == name)
             .ok_or_else(|| {
-                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                let names: Vec<&str> = Scenario::EVERY.iter().map(|s| s.name()).collect();
                 ScenarioError::Usage(format!(
                     "unknown scenario {name:?}; one of: {}",
                     names.join(", ")

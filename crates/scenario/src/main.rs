@@ -94,6 +94,23 @@ fn options(args: Args) -> Result<Options, ScenarioError> {
     })
 }
 
+/// Resolves on Ctrl-C, SIGTERM (a CI timeout) or SIGHUP (a closed terminal).
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
 fn main() -> ExitCode {
     let options = match options(Args::parse()) {
         Ok(options) => options,
@@ -118,13 +135,19 @@ fn main() -> ExitCode {
         tokio::select! {
             result = run(options) => Some(result),
             // Dropping the run kills its processes and deletes its nftables table.
-            _ = tokio::signal::ctrl_c() => None,
+            () = interrupted() => None,
         }
     });
     match result {
         None => {
-            eprintln!("rkv-scenario: interrupted; processes stopped and partitions removed");
+            eprintln!(
+                "rkv-scenario: interrupted; its rkvd processes stopped, its partitions removed"
+            );
             ExitCode::from(130)
+        }
+        Some(Err(e @ ScenarioError::Usage(_))) => {
+            eprintln!("rkv-scenario: {e}");
+            ExitCode::from(2)
         }
         Some(Err(e)) => {
             eprintln!("rkv-scenario: {e}");
@@ -139,6 +162,7 @@ fn main() -> ExitCode {
                 eprintln!("rkv-scenario: violation found with seed {seed}");
                 ExitCode::from(1)
             } else {
+                eprintln!("rkv-scenario: the run could not check everything (see the report)");
                 ExitCode::from(3)
             }
         }

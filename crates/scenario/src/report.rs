@@ -24,6 +24,38 @@ pub struct Replica {
     pub keys: usize,
 }
 
+/// A new leader, as the observer first saw it.
+#[derive(Clone, Debug)]
+pub struct LeaderSeen {
+    /// When, in microseconds since the run started.
+    pub at_us: u64,
+    /// Its term.
+    pub term: u64,
+    /// Its id.
+    pub node: u64,
+}
+
+/// How long one fault kept new writes from succeeding.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// When the fault started, in microseconds since the run started.
+    pub at_us: u64,
+    /// The fault, in words.
+    pub what: String,
+    /// Time from the fault to the completion of the first successful write invoked after
+    /// it (`None`: none before the load ended).
+    pub first_write_us: Option<u64>,
+}
+
+/// The longest stretch of the load period without a successful write.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gap {
+    /// Its start, in microseconds since the run started.
+    pub start_us: u64,
+    /// Its length in microseconds.
+    pub length_us: u64,
+}
+
 /// Everything a run found.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -37,7 +69,7 @@ pub struct Report {
     pub election: Duration,
     /// How the partitions were made, if any were.
     pub partitions: &'static str,
-    /// Length of the load period.
+    /// How long the load actually ran.
     pub load: Duration,
     /// The workload's clients.
     pub clients: u64,
@@ -45,12 +77,12 @@ pub struct Report {
     pub history: Vec<Operation>,
     /// What the fault schedule did.
     pub faults: Vec<FaultEvent>,
-    /// (time, term, leader) each time a new leader was seen.
-    pub leaders: Vec<(u64, u64, u64)>,
-    /// The longest stretch of the load period with no successful write: (start, length).
-    pub longest_gap: (u64, u64),
-    /// For each fault: its start, what it was, and the time to the next successful write.
-    pub recoveries: Vec<(u64, String, Option<u64>)>,
+    /// Each new leader seen.
+    pub leaders: Vec<LeaderSeen>,
+    /// The longest stretch of the load period with no successful write.
+    pub longest_gap: Gap,
+    /// For each fault, the time to the next successful write.
+    pub recoveries: Vec<Recovery>,
     /// Successful operations per second of the load period.
     pub throughput: Vec<u64>,
     /// Whether the healed cluster answered the final reads.
@@ -61,29 +93,38 @@ pub struct Report {
     pub lost: Vec<LostWrite>,
     /// Every member's state at the end.
     pub replicas: Vec<Replica>,
-    /// Why the replicas are not known to agree (`None`: they agree).
+    /// Replicas that hold different data at the same applied index (a safety violation).
     pub divergence: Option<String>,
+    /// Why the replicas could not be compared, if they could not (not a verdict).
+    pub compare_problem: Option<String>,
     /// rkvd processes that exited without being told to.
     pub unexpected_exits: Vec<(u64, String)>,
+    /// Every rkvd process the run started (all stopped by the time it reports).
+    pub pids: Vec<u32>,
 }
 
 impl Report {
-    /// Whether the run found no violation of any kind.
+    /// Whether the run found nothing wrong and could check everything.
     pub fn passed(&self) -> bool {
-        self.verdict.is_linearizable()
-            && self.lost.is_empty()
-            && self.divergence.is_none()
+        !self.violated()
+            && self.verdict.is_linearizable()
             && self.recovered
-            && self.unexpected_exits.is_empty()
+            && self.compare_problem.is_none()
     }
 
-    /// Whether the run found a definite violation (as opposed to being inconclusive).
+    /// Whether the run found a definite violation: a non-linearizable history, a lost
+    /// write, replicas that differ, or a server that crashed by itself. (A cluster that
+    /// did not recover, or a check that could not finish, is a failure but not proof.)
     pub fn violated(&self) -> bool {
         self.verdict.violation().is_some()
             || !self.lost.is_empty()
             || self.divergence.is_some()
-            || !self.recovered
             || !self.unexpected_exits.is_empty()
+    }
+
+    /// How many faults the schedule started.
+    pub fn faults_injected(&self) -> usize {
+        self.faults.iter().filter(|e| e.starts_fault).count()
     }
 
     fn outcomes(&self) -> BTreeMap<(&'static str, &'static str), u64> {
@@ -106,11 +147,11 @@ impl Report {
     }
 }
 
-fn ms(us: u64) -> String {
+fn millis(us: u64) -> String {
     format!("{:.0} ms", us as f64 / 1000.0)
 }
 
-fn secs(us: u64) -> String {
+fn seconds(us: u64) -> String {
     format!("{:>7.3}s", us as f64 / 1_000_000.0)
 }
 
@@ -135,29 +176,35 @@ impl fmt::Display for Report {
                 n("unknown")
             )?;
         }
-        writeln!(f, "faults:")?;
-        if self.faults.is_empty() {
-            writeln!(f, "  (none)")?;
-        }
+        writeln!(f, "faults injected: {}", self.faults_injected())?;
         for event in &self.faults {
-            writeln!(f, "  {} {}", secs(event.at), event.what)?;
+            writeln!(f, "  {} {}", seconds(event.at_us), event.what)?;
         }
         writeln!(f, "leaders seen:")?;
-        for (at, term, leader) in &self.leaders {
-            writeln!(f, "  {} term {term}: node {leader}", secs(*at))?;
+        for seen in &self.leaders {
+            writeln!(
+                f,
+                "  {} term {}: node {}",
+                seconds(seen.at_us),
+                seen.term,
+                seen.node
+            )?;
         }
         writeln!(
             f,
             "longest window without a successful write: {} (from {})",
-            ms(self.longest_gap.1),
-            secs(self.longest_gap.0).trim()
+            millis(self.longest_gap.length_us),
+            seconds(self.longest_gap.start_us).trim()
         )?;
-        for (at, what, recovery) in &self.recoveries {
-            let recovery = recovery.map_or_else(|| "none before the load ended".into(), ms);
+        for recovery in &self.recoveries {
+            let first = recovery
+                .first_write_us
+                .map_or_else(|| "none before the load ended".into(), millis);
             writeln!(
                 f,
-                "  after {what} at {}: first write {recovery}",
-                secs(*at).trim()
+                "  after {} at {}: first write {first}",
+                recovery.what,
+                seconds(recovery.at_us).trim()
             )?;
         }
         let throughput: Vec<String> = self.throughput.iter().map(u64::to_string).collect();
@@ -171,8 +218,9 @@ impl fmt::Display for Report {
             )?;
         }
         for (id, status) in &self.unexpected_exits {
-            writeln!(f, "node {id} exited by itself: {status}")?;
+            writeln!(f, "CRASH: node {id} exited by itself: {status}")?;
         }
+        writeln!(f, "rkvd processes (all stopped): {:?}", self.pids)?;
         writeln!(
             f,
             "recovered after healing: {}",
@@ -200,7 +248,11 @@ impl fmt::Display for Report {
         }
         writeln!(f, "lost acknowledged writes: {}", self.lost.len())?;
         if self.violated() {
-            writeln!(f, "VIOLATION: reproduce with --seed {}", self.seed)?;
+            writeln!(
+                f,
+                "VIOLATION: run again with --seed {} for the same fault schedule and workload",
+                self.seed
+            )?;
         }
         Ok(())
     }

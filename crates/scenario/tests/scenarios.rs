@@ -8,7 +8,7 @@
 //! target directory, where it is looked up (`target/<profile>/rkvd`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// Seconds of load per scenario here (the tool's default is 30).
 const SECONDS: &str = "4";
@@ -31,29 +31,95 @@ fn rkvd_path() -> PathBuf {
     rkvd
 }
 
-fn run(scenario: &str, extra: &[&str]) -> (Output, String) {
-    let out = tempfile::tempdir().expect("temp dir");
-    let output = Command::new(env!("CARGO_BIN_EXE_rkv-scenario"))
+/// One finished run: its exit, its report, and its output directory (kept on disk if
+/// the test fails, for the history and the node logs).
+struct Run {
+    output: Output,
+    stdout: String,
+    scenario_pid: u32,
+    out: PathBuf,
+}
+
+fn run(scenario: &str, extra: &[&str]) -> Run {
+    let out = tempfile::tempdir().expect("temp dir").keep();
+    let child = Command::new(env!("CARGO_BIN_EXE_rkv-scenario"))
         .arg(scenario)
         .args(["--seconds", SECONDS, "--seed", SEED])
         .arg("--rkvd")
         .arg(rkvd_path())
         .arg("--out")
-        .arg(out.path())
+        .arg(&out)
         .args(extra)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run rkv-scenario");
+    let scenario_pid = child.id();
+    let output = child.wait_with_output().expect("wait for rkv-scenario");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    (output, stdout)
+    Run {
+        output,
+        stdout,
+        scenario_pid,
+        out,
+    }
 }
 
-fn passes(scenario: &str) {
-    let (output, stdout) = run(scenario, &[]);
+impl Run {
+    /// Deletes the output directory (call when the test passed).
+    fn clean_up(self) {
+        let _ = std::fs::remove_dir_all(&self.out);
+    }
+}
+
+/// The run left nothing behind: its rkvd processes are gone and its nftables table too.
+fn left_nothing_behind(run: &Run) {
+    let pids = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("rkvd processes (all stopped): "))
+        .unwrap_or_else(|| panic!("no process list in:\n{}", run.stdout));
+    let pids: Vec<u32> = pids
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().expect("a pid"))
+        .collect();
+    assert!(!pids.is_empty(), "no rkvd was started:\n{}", run.stdout);
+    let out = run.out.to_string_lossy().into_owned();
+    for pid in pids {
+        // A reused pid is fine, as long as it is not one of this run's servers.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(&out),
+            "rkvd {pid} of this run still runs"
+        );
+    }
+    if let Ok(tables) = Command::new("nft").args(["list", "tables"]).output() {
+        let table = format!("rkv_scenario_{}", run.scenario_pid);
+        assert!(
+            !String::from_utf8_lossy(&tables.stdout).contains(&table),
+            "nftables table {table} was left behind"
+        );
+    }
+}
+
+fn faults_injected(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("faults injected: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fault count in:\n{stdout}"))
+}
+
+fn passes(scenario: &str) -> Run {
+    let run = run(scenario, &[]);
+    let (stdout, out) = (&run.stdout, run.out.display());
     assert!(
-        output.status.success(),
-        "scenario {scenario} (seed {SEED}) failed with {}:\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+        run.output.status.success(),
+        "scenario {scenario} (seed {SEED}) failed with {}; kept {out}:\n{stdout}\n{}",
+        run.output.status,
+        String::from_utf8_lossy(&run.output.stderr)
     );
     for line in [
         "linearizable: yes",
@@ -63,84 +129,92 @@ fn passes(scenario: &str) {
     ] {
         assert!(
             stdout.contains(line),
-            "{scenario}: no {line:?} in:\n{stdout}"
+            "{scenario}: no {line:?}; kept {out}:\n{stdout}"
         );
     }
-    if scenario != "none" {
-        assert!(
-            !stdout.contains("faults:\n  (none)"),
-            "{scenario} injected no fault:\n{stdout}"
-        );
+    let injected = faults_injected(stdout);
+    if scenario == "none" {
+        assert_eq!(injected, 0, "{stdout}");
+    } else {
+        assert!(injected >= 1, "{scenario} injected no fault:\n{stdout}");
     }
+    left_nothing_behind(&run);
+    run
 }
 
 #[test]
 fn no_faults() {
-    passes("none");
+    passes("none").clean_up();
 }
 
 #[test]
 fn crash_leader() {
-    passes("crash-leader");
+    passes("crash-leader").clean_up();
 }
 
 #[test]
 fn crash_all() {
-    passes("crash-all");
+    passes("crash-all").clean_up();
 }
 
 #[test]
 fn pause() {
-    passes("pause");
+    passes("pause").clean_up();
 }
 
 #[test]
 fn partition_follower() {
-    passes("partition-follower");
+    passes("partition-follower").clean_up();
 }
 
 #[test]
 fn partition_leader() {
-    passes("partition-leader");
+    passes("partition-leader").clean_up();
 }
 
 #[test]
 fn partition_random() {
-    passes("partition-random");
+    passes("partition-random").clean_up();
 }
 
 #[test]
 fn replace_leader() {
-    passes("replace-leader");
+    let run = passes("replace-leader");
+    assert!(
+        run.stdout.contains("; stopped it") && run.stdout.contains("promoted"),
+        "no leader was replaced:\n{}",
+        run.stdout
+    );
+    run.clean_up();
 }
 
 #[test]
 fn membership_churn() {
-    passes("membership-churn");
+    passes("membership-churn").clean_up();
 }
 
 #[test]
 fn all_faults_mixed() {
-    passes("all");
+    passes("all").clean_up();
 }
 
 #[test]
 fn unsafe_local_reads_are_caught() {
-    let (output, stdout) = run("none", &["--keys", "2", "--rkvd-arg=-unsafe-local-reads"]);
+    let run = run("none", &["--keys", "2", "--rkvd-arg=-unsafe-local-reads"]);
+    let (stdout, out) = (&run.stdout, run.out.display());
     assert_eq!(
-        output.status.code(),
+        run.output.status.code(),
         Some(1),
-        "the stale reads of -unsafe-local-reads went unnoticed:\n{stdout}"
+        "the stale reads of -unsafe-local-reads went unnoticed; kept {out}:\n{stdout}"
     );
     assert!(stdout.contains("linearizable: no"), "{stdout}");
     assert!(
         stdout.contains("is not linearizable; failing sub-history"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains(&format!("reproduce with --seed {SEED}")),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("--seed {SEED}")), "{stdout}");
+    left_nothing_behind(&run);
+    run.clean_up();
 }
 
 #[test]
@@ -163,4 +237,21 @@ fn bad_arguments_are_refused_clearly() {
         .expect("run rkv-scenario");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no rkvd at /nonexistent/rkvd"));
+    // A directory it did not make is never cleared.
+    let foreign = tempfile::tempdir().expect("temp dir");
+    std::fs::write(foreign.path().join("precious"), "keep me").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_rkv-scenario"))
+        .args(["none", "--rkvd"])
+        .arg(rkvd_path())
+        .arg("--out")
+        .arg(foreign.path())
+        .output()
+        .expect("run rkv-scenario");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("was not made by rkv-scenario"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(foreign.path().join("precious").exists());
 }

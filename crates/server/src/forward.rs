@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ pub const FORWARDED_KEY: &str = "rkv-forwarded";
 pub struct ForwardingKv {
     local: KvService,
     channels: Mutex<HashMap<String, Channel>>,
+    source: Option<IpAddr>,
 }
 
 impl ForwardingKv {
@@ -37,7 +39,15 @@ impl ForwardingKv {
         ForwardingKv {
             local,
             channels: Mutex::new(HashMap::new()),
+            source: None,
         }
+    }
+
+    /// Forwards from `source` (this node's own address, when it has one), as its peer
+    /// traffic does: a packet filter between two nodes then stops forwarded calls too.
+    pub fn with_source_address(mut self, source: Option<IpAddr>) -> ForwardingKv {
+        self.source = source;
+        self
     }
 
     /// A (lazily connected, shared) client of the server at `address`.
@@ -54,7 +64,9 @@ impl ForwardingKv {
         let endpoint = Endpoint::from_shared(format!("http://{host}"))
             .ok()?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(PROPOSAL_TIMEOUT + Duration::from_secs(1));
+            .timeout(PROPOSAL_TIMEOUT + Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .local_address(self.source);
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Some(KvClient::new(channel))

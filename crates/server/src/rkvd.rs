@@ -122,13 +122,15 @@ pub async fn run(flags: Flags) -> Result<(), String> {
     let peer_listen = peer_address(own_server, flags.peer_port_offset)?;
 
     let config = engine_config(&flags, data_dir.clone());
+    // A node given its own address dials from it (peers, forwarded calls): peers and
+    // packet filters see it.
+    let source_address = (!client_address.ip().is_unspecified()).then(|| client_address.ip());
     let started = node::start(NodeSpec {
         config,
         cluster_id,
         peers,
         peer_listen,
-        // A node given its own address dials from it: peers and packet filters see it.
-        source_address: (!client_address.ip().is_unspecified()).then(|| client_address.ip()),
+        source_address,
         servers: flags.servers.clone(),
         unsafe_local_reads: flags.unsafe_local_reads,
         address_book: false,
@@ -166,12 +168,17 @@ pub async fn run(flags: Flags) -> Result<(), String> {
                 .max_encoding_message_size(flags.maxgrpc),
         )
         .add_service(
-            KvServer::new(forward::ForwardingKv::new(v1_service::KvService::new(node)))
-                .max_decoding_message_size(flags.maxgrpc)
-                .max_encoding_message_size(flags.maxgrpc),
+            KvServer::new(
+                forward::ForwardingKv::new(v1_service::KvService::new(node))
+                    .with_source_address(source_address),
+            )
+            .max_decoding_message_size(flags.maxgrpc)
+            .max_encoding_message_size(flags.maxgrpc),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Replies go out at once: with Nagle's algorithm a reply can wait for the
+            // client's delayed ACK (40 ms).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await
