@@ -29,6 +29,10 @@ pub enum ReadLevel {
     Stale,
 }
 
+/// The smallest effective [`EngineConfig::cache_entries`]: fewer would snapshot the
+/// state machine almost every write.
+pub const CACHE_ENTRIES_MIN: usize = 1000;
+
 /// Settings of one node.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -40,7 +44,11 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// When to fdatasync.
     pub sync: SyncPolicy,
-    /// Recent entries the log keeps in memory.
+    /// Most log entries kept in memory (rkvd's `-cache`). The core keeps every entry
+    /// after the latest snapshot in memory (followers catching up and the apply loop
+    /// read them there), so this bounds how many may pile up: a snapshot is taken once
+    /// this many (at least [`CACHE_ENTRIES_MIN`]) have been applied since the last one,
+    /// unless `snapshot_entries` took one sooner. The file log keeps no second copy.
     pub cache_entries: usize,
     /// Take a snapshot (and compact the log) after this many applied entries.
     pub snapshot_entries: u64,
@@ -148,7 +156,8 @@ impl<S: StateMachine> Engine<S> {
         }
         let options = FileLogOptions {
             sync: config.sync,
-            cache_entries: config.cache_entries,
+            // The core holds the entries; a cache here would only copy them again.
+            cache_entries: 0,
             ..FileLogOptions::default()
         };
         let (mut store, mut recovered, report) =
@@ -212,7 +221,9 @@ impl<S: StateMachine> Engine<S> {
             awaiting_hard_state: None,
             applied: snapshot_index,
             last_snapshot: snapshot_index,
-            snapshot_entries: config.snapshot_entries,
+            snapshot_entries: config
+                .snapshot_entries
+                .min(config.cache_entries.max(CACHE_ENTRIES_MIN) as u64),
             own_snapshot: None,
             encoding_snapshot: false,
             encoded: mpsc::channel(1),

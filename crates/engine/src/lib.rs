@@ -23,7 +23,7 @@ mod state_machine;
 mod tcp;
 pub mod transport;
 
-pub use engine::{Engine, EngineConfig, Observed, ReadLevel};
+pub use engine::{CACHE_ENTRIES_MIN, Engine, EngineConfig, Observed, ReadLevel};
 pub use error::{EngineError, StartError};
 pub use state_machine::{SnapshotJob, StateMachine};
 pub use tcp::{TcpTransport, TransportStats};

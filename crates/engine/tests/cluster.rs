@@ -58,16 +58,23 @@ struct Cluster {
     dirs: BTreeMap<NodeId, tempfile::TempDir>,
     engines: BTreeMap<NodeId, Engine<Map>>,
     founders: Membership,
+    /// (snapshot_entries, cache_entries) for every node started.
+    settings: (u64, usize),
 }
 
 impl Cluster {
     fn new(size: u64) -> Cluster {
+        Cluster::with_settings(size, 50, 4096)
+    }
+
+    fn with_settings(size: u64, snapshot_entries: u64, cache_entries: usize) -> Cluster {
         let founders = Membership::with_voters((1..=size).map(NodeId));
         let mut cluster = Cluster {
             network: LocalNetwork::new(),
             dirs: BTreeMap::new(),
             engines: BTreeMap::new(),
             founders,
+            settings: (snapshot_entries, cache_entries),
         };
         for id in 1..=size {
             cluster.start(NodeId(id), true);
@@ -82,7 +89,7 @@ impl Cluster {
             .or_insert_with(|| tempfile::tempdir().expect("temp dir"));
         let mut config = EngineConfig::new(id, dir.path());
         config.tick = Duration::from_millis(5);
-        config.snapshot_entries = 50;
+        (config.snapshot_entries, config.cache_entries) = self.settings;
         config.bootstrap = founder.then(|| self.founders.clone());
         let engine = Engine::start(config, Map::default(), self.network.clone()).expect("starts");
         self.network.register(id, engine.peer_inbox());
@@ -281,5 +288,33 @@ async fn a_new_server_joins_as_learner_catches_up_from_a_snapshot_and_is_promote
             .read(ReadLevel::Linearizable, get("k150"))
             .await,
         Ok(Some("150".to_string()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_bound_compacts_the_entries_kept_in_memory() {
+    // Snapshots by count are off (100,000); -cache 10 means the floor of 1,000 entries.
+    let cluster = Cluster::with_settings(1, 100_000, 10);
+    assert_eq!(rkv_engine::CACHE_ENTRIES_MIN, 1000);
+    for i in 0..1100 {
+        cluster.put(&format!("k{i}"), "v").await;
+    }
+    let engine = cluster.engine(NodeId(1));
+    let compacted = tokio::time::timeout(WAIT, async {
+        loop {
+            let status = engine.status().await.expect("status");
+            if status.snapshot_index.0 >= 1000 {
+                return status.snapshot_index;
+            }
+            let mut watch = engine.watch();
+            let _ = tokio::time::timeout(Duration::from_millis(50), watch.changed()).await;
+        }
+    })
+    .await
+    .expect("a snapshot once 1,000 entries are in memory");
+    assert!(compacted.0 < 1100, "{compacted:?}");
+    assert_eq!(
+        engine.read(ReadLevel::Linearizable, get("k7")).await,
+        Ok(Some("v".to_string()))
     );
 }

@@ -125,7 +125,8 @@ pub struct Flags {
     /// Batch proposals into one log append and one message.
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub batch: bool,
-    /// How many recent log entries are kept in memory.
+    /// How many log entries are kept in memory: past this many since the last snapshot
+    /// (at least 1000), a snapshot compacts them.
     #[arg(long, default_value_t = 67_108_864)]
     pub cache: u64,
     /// A lagging follower gets entriespermsg x this many entries per message.
