@@ -326,6 +326,9 @@ impl Replica {
             }
             None => match &spec.join {
                 Some(target) => {
+                    // Only a server that can take its peer port may join: a joiner that
+                    // could never answer the leader would sit in the membership forever.
+                    check_can_listen(peer_bind).await?;
                     let request = JoinRequest {
                         id: spec.name.clone(),
                         addr: own.peer_address.clone(),
@@ -729,6 +732,20 @@ async fn propose_handler(State(replica): State<Arc<Replica>>, body: Bytes) -> Re
     }
 }
 
+/// Binds `address` and lets it go again: proof that the node's peer listener can take
+/// it a moment later (listeners reuse the address, so the second bind succeeds).
+async fn check_can_listen(address: SocketAddr) -> Result<(), ReplicaError> {
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => {
+            drop(listener);
+            Ok(())
+        }
+        Err(e) => Err(ReplicaError::Node(format!(
+            "the Raft address {address} cannot be used ({e}): nothing was joined; free it or pick another"
+        ))),
+    }
+}
+
 /// Resolves a listen address, Go style (`:11000` means every interface), preferring
 /// IPv4 (`localhost` may resolve to ::1 first, while `:port` peers dial 127.0.0.1).
 pub fn resolve_listen(address: &str) -> Result<SocketAddr, ReplicaError> {
@@ -755,4 +772,26 @@ pub async fn bind(address: &str) -> Result<tokio::net::TcpListener, ReplicaError
     tokio::net::TcpListener::bind(resolved)
         .await
         .map_err(|e| ReplicaError::Node(format!("binding {address}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a joiner whose peer port is taken used to join first and fail to
+    /// start afterwards, leaving a member nobody can reach.
+    #[tokio::test]
+    async fn a_taken_peer_port_is_found_before_joining() {
+        let held = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let taken = held.local_addr().expect("address");
+        let refused = check_can_listen(taken).await;
+        assert!(
+            matches!(&refused, Err(ReplicaError::Node(why)) if why.contains("nothing was joined")),
+            "{refused:?}"
+        );
+        drop(held);
+        check_can_listen(taken).await.expect("a free port passes");
+    }
 }

@@ -21,9 +21,13 @@
 //! # Promotion
 //! [`spawn_steward`] runs on every node and acts only while the node leads, so it
 //! survives leader changes: every learner whose record says [`PeerRole::Voter`] is
-//! promoted once it has acknowledged everything committed (proof that the two can talk
-//! both ways; the core's own check, a bounded lag, would accept a learner that never
-//! answered), trying again on the next round otherwise. A join is refused (retry) until
+//! promoted once its match index (the leader's record of what it acknowledged) is at
+//! least the leader's commit index ([`is_caught_up`]: proof that the two can talk both
+//! ways; the core's own check, a bounded lag, would accept a learner that never
+//! answered), trying again on the next round otherwise. A learner that is not ready is
+//! skipped, never waited for: the next one may be promoted in the same round. (The core
+//! reports no "last heard" time, so a learner that caught up and then died before the
+//! next commit can still be promoted; a write committed in between prevents it.) A join is refused (retry) until
 //! the leader's own address is in the book, for the same reason. Learners recorded as
 //! [`PeerRole::Learner`] (raft-demo's logger) stay learners. The steward also records
 //! the node's own address when it leads and the book lacks it, which is how the first
@@ -236,18 +240,45 @@ impl Node {
             if !wants_vote {
                 continue;
             }
+            let acknowledged = status
+                .peers
+                .iter()
+                .find(|p| p.id == *learner)
+                .map(|p| p.match_index);
+            if !is_caught_up(acknowledged, status.commit) {
+                tracing::debug!(
+                    node = %learner,
+                    ?acknowledged,
+                    commit = %status.commit,
+                    "not promoted: it has not acknowledged everything committed"
+                );
+                continue;
+            }
             match self
                 .engine
                 .change_membership(MembershipChange::Promote(*learner))
                 .await
             {
-                Ok(_) => tracing::info!(node = %learner, "promoted a caught-up learner to voter"),
+                Ok(_) => {
+                    tracing::info!(node = %learner, "promoted a caught-up learner to voter");
+                    // One change at a time: the next learner waits for the next round.
+                    break;
+                }
+                // Refused (lagging, another change in flight): the next learner may
+                // still be promotable, so one stuck learner never blocks the others.
                 Err(e) => tracing::debug!(node = %learner, error = %e, "not promoted yet"),
             }
-            // One change at a time: the next learner waits for the next round.
-            break;
         }
     }
+}
+
+/// Whether a learner that acknowledged up to `acknowledged` (`None`: the leader has no
+/// progress for it) may be promoted when the leader's commit index is `commit`: only
+/// once it has acknowledged everything committed. A learner that never answered (a
+/// server that joined but never started, or sits at a wrong address) has acknowledged
+/// nothing and stays a learner, so it can never become a voter the quorum waits for.
+pub fn is_caught_up(acknowledged: Option<rkv_raft::Index>, commit: rkv_raft::Index) -> bool {
+    acknowledged.is_some_and(|matched| matched.0 > 0 && matched >= commit)
 }
 
 /// Runs [`Node::steward_round`] every [`STEWARD_PERIOD`] until the node stops. `own` is

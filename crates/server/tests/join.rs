@@ -208,3 +208,83 @@ async fn servers_join_by_address_through_the_leader_and_become_voters() {
         );
     }
 }
+
+/// The learners of `node`'s membership and its voters, as the leader sees them.
+async fn membership(node: &Started) -> Result<rkv_raft::Membership, String> {
+    let status = node.node.engine.status().await.map_err(|e| e.to_string())?;
+    Ok(status.membership)
+}
+
+/// Regression: a server that joined but never started (its peer address answers
+/// nothing) used to be promoted by the steward at once (the core's lag check passes a
+/// learner with match index 0 in a young cluster), leaving a one-node founder with a
+/// dead voter: no quorum, ever. It must stay a learner, must not block a later joiner's
+/// promotion, and the cluster must keep accepting writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_server_that_never_starts_stays_a_learner() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster_id = 0xdead;
+    let [a_peer, ghost_peer, c_peer] = free_addresses(3)[..] else {
+        unreachable!("three addresses")
+    };
+    let a = start("a", dir.path(), cluster_id, a_peer, None).await;
+    let (a_id, ghost_id, c_id) = (node_id_for("a"), node_id_for("ghost"), node_id_for("c"));
+    eventually("the founder records itself", async || {
+        match a.node.peers().await {
+            Ok(peers) if peers.contains_key(&a_id.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // The ghost joins first and never starts.
+    eventually("the ghost joins", async || {
+        a.node.join(ghost_id, record("ghost", ghost_peer)).await
+    })
+    .await;
+    let joined = eventually("c joins", async || {
+        a.node.join(c_id, record("c", c_peer)).await
+    })
+    .await;
+    let _c = start("c", dir.path(), cluster_id, c_peer, Some(&joined)).await;
+    eventually("c, which answers, becomes a voter", async || {
+        let m = membership(&a).await?;
+        if m.voters.contains(&c_id) {
+            Ok(m)
+        } else {
+            Err(format!("{m:?}"))
+        }
+    })
+    .await;
+    let m = membership(&a).await.expect("status");
+    assert!(
+        m.learners.contains(&ghost_id),
+        "the ghost stays a learner: {m:?}"
+    );
+    assert!(!m.voters.contains(&ghost_id), "{m:?}");
+    // The cluster still commits (a and c are a quorum of two voters).
+    let put = a.node.write(
+        WriteOp::Put {
+            key: Bytes::from("k"),
+            value: Bytes::from("v"),
+        },
+        None,
+    );
+    tokio::time::timeout(WAIT, put)
+        .await
+        .expect("the write commits in time")
+        .expect("write");
+    let m = membership(&a).await.expect("status");
+    assert!(m.learners.contains(&ghost_id), "{m:?}");
+}
+
+#[test]
+fn only_a_learner_that_acknowledged_the_commit_index_is_caught_up() {
+    use rkv_raft::Index;
+    use rkv_server::membership::is_caught_up;
+    assert!(!is_caught_up(None, Index(5)));
+    assert!(!is_caught_up(Some(Index(0)), Index(0)));
+    assert!(!is_caught_up(Some(Index(0)), Index(3)));
+    assert!(!is_caught_up(Some(Index(4)), Index(5)));
+    assert!(is_caught_up(Some(Index(5)), Index(5)));
+    assert!(is_caught_up(Some(Index(6)), Index(5)));
+}
