@@ -8,8 +8,11 @@
 //! Users name servers (`node0`, `localhost:4001`); the Raft id is
 //! [`node_id_for`]`(name)`. The data directory holds the node's log, its identity
 //! (cluster id and node id, `rkv_server::identity`), its address book (`peers`) and its
-//! name (`name`). A directory that already has an identity is resumed as it is: a join
-//! address given again is ignored (with a message), as hraftd does.
+//! name (`name`), and its incarnation (`incarnation`: a random number drawn when the
+//! directory is first used, sent with every join; the cluster refuses a member's name
+//! to another incarnation until the old member is removed with `POST /remove`). A
+//! directory that already has an identity is resumed as it is: a join address given
+//! again is ignored (with a message), as hraftd does.
 //!
 //! # Joining
 //! A new server POSTs `{"id": NAME, "addr": PEER_ADDR, "client_addr": ADDR, "role":
@@ -52,6 +55,10 @@ use crate::http_client::{HttpClient, host_port};
 
 /// The file in the data directory holding the node's name.
 pub const NAME_FILE: &str = "name";
+/// The file in the data directory holding the node's incarnation (hex), drawn when the
+/// directory is first used: a wiped directory gets another, so the cluster can tell it
+/// from the member it replaces (see `rkv_server::membership`).
+pub const INCARNATION_FILE: &str = "incarnation";
 /// Header marking a request a member already forwarded (it is never forwarded again).
 pub const FORWARDED_HEADER: &str = "x-rkv-forwarded";
 /// How long a new server keeps trying to join before giving up.
@@ -134,6 +141,16 @@ pub struct JoinRequest {
     /// `voter` (default) or `learner`.
     #[serde(default)]
     pub role: Option<String>,
+    /// The joiner's incarnation (0, the default, for a join typed by hand).
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+/// The body of `POST /remove`: the server's name.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct RemoveRequest {
+    /// The server's name.
+    pub id: String,
 }
 
 /// One server in a join answer.
@@ -149,6 +166,9 @@ pub struct PeerJson {
     pub client_address: String,
     /// `voter` or `learner`.
     pub role: String,
+    /// Its incarnation (0: unknown).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// The answer to a successful `POST /join`.
@@ -214,6 +234,7 @@ fn answer_from(joined: &Joined) -> JoinAnswer {
                 peer_address: r.peer_address.clone(),
                 client_address: r.client_address.clone(),
                 role: role_name(r.role).into(),
+                incarnation: r.incarnation,
             })
             .collect(),
     }
@@ -231,6 +252,7 @@ fn records_from(answer: &JoinAnswer) -> Result<(u64, BTreeMap<u64, PeerRecord>),
                 peer_address: p.peer_address.clone(),
                 client_address: p.client_address.clone(),
                 role: parse_role(Some(&p.role))?,
+                incarnation: p.incarnation,
             },
         );
     }
@@ -243,6 +265,50 @@ fn new_cluster_id(name: &str) -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     node_id_for(&format!("{name}/{nanos}/{}", std::process::id())).0
+}
+
+/// This directory's incarnation: the one stored, or for a directory that does not
+/// belong to a cluster yet a new random one, stored before any join is sent (so a
+/// joiner that crashes and retries is the same incarnation). A directory bound before
+/// incarnations existed keeps 0, as its record in the cluster has.
+fn incarnation_of(dir: &Path, bound: bool) -> Result<u64, ReplicaError> {
+    let file = dir.join(INCARNATION_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16)
+            .ok()
+            .filter(|n| *n != 0)
+            .ok_or_else(|| {
+                ReplicaError::Config(format!(
+                    "{} is not an incarnation (16 hex digits); the directory is damaged",
+                    file.display()
+                ))
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if bound {
+                return Ok(0);
+            }
+            let incarnation = random_nonzero();
+            let temporary = dir.join(format!("{INCARNATION_FILE}.tmp"));
+            std::fs::write(&temporary, format!("{incarnation:016x}\n"))
+                .and_then(|()| std::fs::rename(&temporary, &file))
+                .map_err(|e| ReplicaError::Config(format!("{}: {e}", file.display())))?;
+            Ok(incarnation)
+        }
+        Err(e) => Err(ReplicaError::Config(format!("{}: {e}", file.display()))),
+    }
+}
+
+/// A random non-zero number (the standard library's randomly keyed hasher, over the
+/// clock and the process id).
+fn random_nonzero() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
 }
 
 /// The name stored in `dir`, if the directory holds a node (bound to a cluster).
@@ -302,14 +368,15 @@ impl Replica {
         let id = node_id_for(&spec.name);
         let peer_bind = resolve_listen(&spec.peer_listen)
             .map_err(|e| config(format!("the Raft address: {e}")))?;
+        let http = HttpClient::new(PROPOSAL_TIMEOUT + Duration::from_secs(2));
+        let stored = identity::read(&spec.data_dir).map_err(|e| config(e.to_string()))?;
         let own = PeerRecord {
             name: spec.name.clone(),
             peer_address: host_port(&spec.peer_listen),
             client_address: host_port(&spec.client_address),
             role: spec.role,
+            incarnation: incarnation_of(&spec.data_dir, stored.is_some())?,
         };
-        let http = HttpClient::new(PROPOSAL_TIMEOUT + Duration::from_secs(2));
-        let stored = identity::read(&spec.data_dir).map_err(|e| config(e.to_string()))?;
         let (cluster_id, peers, bootstrap, start) = match stored {
             Some(stored) => {
                 if stored.node_id != id.0 {
@@ -334,6 +401,7 @@ impl Replica {
                         addr: own.peer_address.clone(),
                         client_addr: own.client_address.clone(),
                         role: Some(role_name(spec.role).into()),
+                        incarnation: own.incarnation,
                     };
                     let answer = join_patiently(&http, target, &request).await?;
                     let (cluster_id, peers) = records_from(&answer).map_err(ReplicaError::Join)?;
@@ -586,6 +654,7 @@ async fn propose_here(node: &Node, command: Bytes) -> Result<WriteDone, WriteErr
 pub fn routes() -> Router<Arc<Replica>> {
     Router::new()
         .route("/join", post(join_handler))
+        .route("/remove", post(remove_handler))
         .route("/status", axum::routing::get(status_handler))
         .route("/internal/propose", post(propose_handler))
 }
@@ -649,7 +718,7 @@ async fn status_handler(State(replica): State<Arc<Replica>>) -> Response {
 fn join_status(error: &JoinError) -> StatusCode {
     match error {
         JoinError::Invalid(_) => StatusCode::BAD_REQUEST,
-        JoinError::NameTaken { .. } => StatusCode::CONFLICT,
+        JoinError::NameTaken { .. } | JoinError::AnotherIncarnation { .. } => StatusCode::CONFLICT,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -678,6 +747,7 @@ async fn join_handler(
         peer_address: host_port(&request.addr),
         client_address: host_port(&request.client_addr),
         role,
+        incarnation: request.incarnation,
     };
     match replica.node.join(node_id_for(&request.id), record).await {
         Ok(joined) => {
@@ -709,6 +779,37 @@ async fn join_handler(
                 ),
             }
         }
+        Err(e) => {
+            let leader = match &e {
+                JoinError::NotLeader { leader_address, .. } => leader_address.clone(),
+                _ => None,
+            };
+            json_error(join_status(&e), e.to_string(), leader)
+        }
+    }
+}
+
+/// `POST /remove` with `{"id": NAME}`: removes a server from the cluster and forgets its
+/// address (so that a wiped server can join again under its name). Leader only: a
+/// follower answers 503 with the leader's address in `leader`.
+async fn remove_handler(State(replica): State<Arc<Replica>>, body: Bytes) -> Response {
+    let request: RemoveRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"id\": \"name\"}}: {e}"),
+                None,
+            );
+        }
+    };
+    match replica.node.remove_server(node_id_for(&request.id)).await {
+        Ok(()) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            "{}".to_string(),
+        )
+            .into_response(),
         Err(e) => {
             let leader = match &e {
                 JoinError::NotLeader { leader_address, .. } => leader_address.clone(),
@@ -793,5 +894,25 @@ mod tests {
         );
         drop(held);
         check_can_listen(taken).await.expect("a free port passes");
+    }
+
+    /// A directory draws its incarnation once, before any join, and keeps it; a wiped
+    /// directory draws another; a directory bound before incarnations existed keeps 0.
+    #[test]
+    fn a_directory_keeps_its_incarnation_and_a_wiped_one_gets_another() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = incarnation_of(dir.path(), false).expect("drawn");
+        assert_ne!(first, 0);
+        assert_eq!(incarnation_of(dir.path(), true).expect("kept"), first);
+        std::fs::remove_file(dir.path().join(INCARNATION_FILE)).expect("wipe");
+        let second = incarnation_of(dir.path(), false).expect("drawn again");
+        assert_ne!(second, first);
+        let legacy = tempfile::tempdir().expect("temp dir");
+        assert_eq!(incarnation_of(legacy.path(), true).expect("legacy"), 0);
+        std::fs::write(legacy.path().join(INCARNATION_FILE), "zz").expect("write");
+        assert!(matches!(
+            incarnation_of(legacy.path(), true),
+            Err(ReplicaError::Config(_))
+        ));
     }
 }

@@ -39,6 +39,10 @@ pub const PEER_FIELD_BYTES_MAX: usize = 1024;
 
 const PEER_ROLE_VOTER: u8 = 0;
 const PEER_ROLE_LEARNER: u8 = 1;
+/// Set in the role byte when a `u64` incarnation follows it. Records without an
+/// incarnation (0) are encoded byte for byte as before incarnations existed, so older
+/// logs, snapshots and digests stay valid.
+const PEER_ROLE_INCARNATION_FLAG: u8 = 0x80;
 
 /// What a server joining by address is meant to become.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,6 +65,11 @@ pub struct PeerRecord {
     pub client_address: String,
     /// What it is meant to become.
     pub role: PeerRole,
+    /// A random number drawn once when the server's data directory was created: the
+    /// same name with another incarnation is another process or a wiped directory (not
+    /// the member that holds the log and the vote). 0: unknown (a record written before
+    /// incarnations existed).
+    pub incarnation: u64,
 }
 
 impl PeerRecord {
@@ -81,10 +90,16 @@ impl PeerRecord {
         sink.put_bytes(self.name.as_bytes());
         sink.put_bytes(self.peer_address.as_bytes());
         sink.put_bytes(self.client_address.as_bytes());
-        sink.put_u8(match self.role {
+        let role = match self.role {
             PeerRole::Voter => PEER_ROLE_VOTER,
             PeerRole::Learner => PEER_ROLE_LEARNER,
-        });
+        };
+        if self.incarnation == 0 {
+            sink.put_u8(role);
+        } else {
+            sink.put_u8(role | PEER_ROLE_INCARNATION_FLAG);
+            sink.put_u64(self.incarnation);
+        }
     }
 
     pub(crate) fn read_from(reader: &mut Reader<'_>) -> Result<PeerRecord, DecodeError> {
@@ -93,16 +108,27 @@ impl PeerRecord {
         let name = text(reader.bytes()?)?;
         let peer_address = text(reader.bytes()?)?;
         let client_address = text(reader.bytes()?)?;
-        let role = match reader.u8()? {
+        let byte = reader.u8()?;
+        let role = match byte & !PEER_ROLE_INCARNATION_FLAG {
             PEER_ROLE_VOTER => PeerRole::Voter,
             PEER_ROLE_LEARNER => PeerRole::Learner,
-            other => return Err(DecodeError::InvalidFlag(other)),
+            _ => return Err(DecodeError::InvalidFlag(byte)),
+        };
+        let incarnation = if byte & PEER_ROLE_INCARNATION_FLAG == 0 {
+            0
+        } else {
+            match reader.u64()? {
+                // 0 is written without the flag: a flagged 0 is not this build's.
+                0 => return Err(DecodeError::InvalidFlag(byte)),
+                incarnation => incarnation,
+            }
         };
         Ok(PeerRecord {
             name,
             peer_address,
             client_address,
             role,
+            incarnation,
         })
     }
 }
@@ -409,7 +435,7 @@ impl Command {
             Command::Register { .. } => 0,
             Command::Write { op, .. } => op.payload_bytes() + 8 * 2,
             Command::SetPeer { record, .. } => record.as_ref().map_or(8, |r| {
-                8 + 16 + r.name.len() + r.peer_address.len() + r.client_address.len()
+                8 + 24 + r.name.len() + r.peer_address.len() + r.client_address.len()
             }),
         }
     }

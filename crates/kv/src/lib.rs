@@ -74,7 +74,8 @@
 //! u64 now_ms
 //! -- Register ends here; SetPeer continues with
 //!    u64 node_id, u8 record flag (0 forget, 1 present); if present:
-//!    bytes name, bytes peer_address, bytes client_address (UTF-8), u8 role (0 voter, 1 learner)
+//!    bytes name, bytes peer_address, bytes client_address (UTF-8),
+//!    u8 role (0 voter, 1 learner; bit 0x80 set: u64 incarnation follows, never 0)
 //! -- every other kind continues:
 //! u8  session flag: 0 none, 1 present; if present: u64 client_id, u64 seq
 //! Put:            bytes key, bytes value

@@ -11,6 +11,7 @@ fn record(name: &str, port: u16, role: PeerRole) -> PeerRecord {
         peer_address: format!("127.0.0.1:{port}"),
         client_address: format!("127.0.0.1:{}", port + 1),
         role,
+        incarnation: 0,
     }
 }
 
@@ -154,4 +155,55 @@ fn snapshots_carry_the_book_and_stay_version_1_without_it() {
         bad[at] ^= 0x40;
         assert!(StateMachine::restore(&bad).is_err(), "flipped byte {at}");
     }
+}
+
+/// Incarnations tell a member from a wiped directory or a second process under the same
+/// name. A record without one (0) encodes exactly as before they existed, so older logs,
+/// peer files and snapshots read back unchanged.
+#[test]
+fn incarnations_round_trip_and_records_without_one_keep_the_old_encoding() {
+    let old = record("node1", 12001, PeerRole::Learner);
+    let old_bytes = set_peer(7, Some(old.clone()));
+    // The old layout: the role byte is the last byte, with no flag.
+    assert_eq!(old_bytes.last(), Some(&1));
+    let with = PeerRecord {
+        incarnation: 0x1234_5678_9abc_def0,
+        ..old.clone()
+    };
+    let with_bytes = set_peer(7, Some(with.clone()));
+    assert_eq!(with_bytes.len(), old_bytes.len() + 8);
+    assert_eq!(
+        &with_bytes[..old_bytes.len() - 1],
+        &old_bytes[..old_bytes.len() - 1]
+    );
+    for (bytes, expected) in [(&old_bytes, &old), (&with_bytes, &with)] {
+        match Command::decode(bytes) {
+            Ok(Command::SetPeer {
+                record: Some(decoded),
+                ..
+            }) => assert_eq!(&decoded, expected),
+            other => panic!("{other:?}"),
+        }
+        for cut in 0..bytes.len() {
+            assert!(Command::decode(&bytes[..cut]).is_err(), "prefix of {cut}");
+        }
+    }
+    // A flagged zero is not something this build writes.
+    let mut zero = old_bytes.clone();
+    let role = zero.len() - 1;
+    zero[role] |= 0x80;
+    zero.extend_from_slice(&0u64.to_le_bytes());
+    assert!(Command::decode(&zero).is_err());
+    // Snapshots keep incarnations, and a snapshot of records without one is the same
+    // bytes an older build wrote for them.
+    let mut machine = StateMachine::new();
+    machine.apply(1, &old_bytes);
+    let before = machine.snapshot();
+    machine.apply(2, &set_peer(8, Some(with.clone())));
+    let restored = StateMachine::restore(&machine.snapshot()).expect("restores");
+    assert_eq!(restored.peers().get(&8), Some(&with));
+    assert_eq!(restored.peers().get(&7), Some(&old));
+    let mut only_old = StateMachine::new();
+    only_old.apply(1, &old_bytes);
+    assert_eq!(only_old.snapshot(), before);
 }

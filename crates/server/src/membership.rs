@@ -3,8 +3,14 @@
 //! caught-up learners that are meant to vote.
 //!
 //! # The join, step by step (on the leader)
-//! 1. The record (name, peer and client address, role) is checked; a different server
-//!    already recorded under the same id is refused ([`JoinError::NameTaken`]).
+//! 1. The record (name, peer and client address, role, incarnation) is checked; a
+//!    different server already recorded under the same id is refused
+//!    ([`JoinError::NameTaken`]), and so is the same name with another incarnation while
+//!    the id is a member ([`JoinError::AnotherIncarnation`]): that is a wiped directory
+//!    or a second process, which must not take over the member's identity (it has
+//!    neither its log nor its vote). The operator removes the old member first
+//!    ([`Node::remove_server`]). Joins on one node run one at a time, so two joins of
+//!    one id cannot both pass this check.
 //! 2. A `SetPeer` entry carrying the record is proposed and applied: from then on every
 //!    replica that applies the log (and so every future leader) can reach the server
 //!    (see [`crate::peers`]).
@@ -14,8 +20,8 @@
 //!    server needs before it can answer the leader (its transport must know where to
 //!    send, and it must present the right cluster id in its handshake).
 //!
-//! A join that is repeated (a retry, or a restarted server with a new address) only
-//! updates the record. A follower answers [`JoinError::NotLeader`] with the leader's id
+//! A join that is repeated by the same incarnation (a retry, or a restarted server with
+//! a new address) only updates the record. A follower answers [`JoinError::NotLeader`] with the leader's id
 //! and client address, so front ends forward the request there.
 //!
 //! # Promotion
@@ -42,6 +48,9 @@ use rkv_kv::{Command, Output, PeerRecord, PeerRole};
 use rkv_raft::{MembershipChange, NodeId, Role};
 
 use crate::service::{Node, PROPOSAL_TIMEOUT, now_ms};
+
+/// Joins on this process run one at a time (see the module docs, step 1).
+static JOINS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// How often the steward looks at the membership.
 pub const STEWARD_PERIOD: Duration = Duration::from_millis(100);
@@ -80,6 +89,14 @@ pub enum JoinError {
         /// The name recorded under it.
         recorded: String,
     },
+    /// The id is a member under another incarnation (a wiped data directory, or another
+    /// process started with the same name): remove the old member first, then join.
+    AnotherIncarnation {
+        /// The member's id.
+        node_id: NodeId,
+        /// Its name.
+        name: String,
+    },
     /// Ask the leader instead (its client address, if it registered one).
     NotLeader {
         /// The leader this node knows of.
@@ -101,6 +118,13 @@ impl std::fmt::Display for JoinError {
             JoinError::NameTaken { node_id, recorded } => write!(
                 f,
                 "the name maps to id {node_id}, which server {recorded:?} already has: choose another name"
+            ),
+            JoinError::AnotherIncarnation { node_id, name } => write!(
+                f,
+                "server {name:?} (id {node_id}) is already a member, and this is not that member \
+                 (another incarnation: its data directory was wiped or replaced, or another \
+                 process uses the name); remove the old member first (POST /remove \
+                 {{\"id\": {name:?}}}), then join again"
             ),
             JoinError::NotLeader {
                 leader: Some(leader),
@@ -177,6 +201,12 @@ impl Node {
                 leader_hint: self.engine.observed().leader,
             }));
         }
+        // One join at a time on this node: two joins of one id (a retry racing the
+        // original, or two processes with one name) cannot both pass the checks below.
+        let _one_at_a_time = JOINS
+            .acquire()
+            .await
+            .map_err(|_| JoinError::Unavailable("the node is stopping".into()))?;
         let book = self.peers().await.map_err(|e| self.join_error(e))?;
         if !book.contains_key(&self.engine.id().0) {
             // The new server must be able to answer this leader: without the leader's
@@ -185,19 +215,35 @@ impl Node {
                 "the leader has not recorded its own address yet".into(),
             ));
         }
-        if let Some(recorded) = book.get(&node_id.0)
-            && recorded.name != record.name
-        {
-            return Err(JoinError::NameTaken {
-                node_id,
-                recorded: recorded.name.clone(),
-            });
+        let status = self.engine.status().await.map_err(|e| self.join_error(e))?;
+        let is_member = status.membership.contains(node_id);
+        match book.get(&node_id.0) {
+            Some(recorded) if recorded.name != record.name => {
+                return Err(JoinError::NameTaken {
+                    node_id,
+                    recorded: recorded.name.clone(),
+                });
+            }
+            Some(recorded) if is_member && recorded.incarnation != record.incarnation => {
+                return Err(JoinError::AnotherIncarnation {
+                    node_id,
+                    name: record.name,
+                });
+            }
+            // A member nobody recorded (a founder before its steward ran) cannot be
+            // proved to be the joiner either.
+            None if is_member => {
+                return Err(JoinError::AnotherIncarnation {
+                    node_id,
+                    name: record.name,
+                });
+            }
+            _ => {}
         }
         if book.get(&node_id.0) != Some(&record) {
             self.set_peer(node_id, &record).await?;
         }
-        let status = self.engine.status().await.map_err(|e| self.join_error(e))?;
-        if !status.membership.contains(node_id) {
+        if !is_member {
             let change = self
                 .engine
                 .change_membership(MembershipChange::AddLearner(node_id));
@@ -216,6 +262,56 @@ impl Node {
             leader: self.engine.id(),
             peers: self.peers().await.map_err(|e| self.join_error(e))?,
         })
+    }
+
+    /// Removes server `node_id` from the membership and forgets its record, so that the
+    /// name can join again (a wiped directory, a replaced machine). Only the leader can;
+    /// others answer [`JoinError::NotLeader`]. Removing a server that is not a member
+    /// only forgets its record.
+    pub async fn remove_server(&self, node_id: NodeId) -> Result<(), JoinError> {
+        if self.engine.observed().role != Role::Leader {
+            return Err(self.join_error(EngineError::NotLeader {
+                leader_hint: self.engine.observed().leader,
+            }));
+        }
+        let _one_at_a_time = JOINS
+            .acquire()
+            .await
+            .map_err(|_| JoinError::Unavailable("the node is stopping".into()))?;
+        let status = self.engine.status().await.map_err(|e| self.join_error(e))?;
+        if status.membership.contains(node_id) {
+            let change = self
+                .engine
+                .change_membership(MembershipChange::Remove(node_id));
+            match tokio::time::timeout(PROPOSAL_TIMEOUT, change).await {
+                Err(_) => {
+                    return Err(JoinError::Unknown(format!(
+                        "the membership change was not applied within {PROPOSAL_TIMEOUT:?}"
+                    )));
+                }
+                Ok(Err(e)) => return Err(self.join_error(e)),
+                Ok(Ok(_)) => {}
+            }
+        }
+        let book = self.peers().await.map_err(|e| self.join_error(e))?;
+        if book.contains_key(&node_id.0) {
+            let command = Command::SetPeer {
+                now_ms: now_ms(),
+                node_id: node_id.0,
+                record: None,
+            };
+            let proposed = self.engine.propose(Bytes::from(command.encode()));
+            match tokio::time::timeout(PROPOSAL_TIMEOUT, proposed).await {
+                Err(_) => {
+                    return Err(JoinError::Unknown(format!(
+                        "forgetting the address was not applied within {PROPOSAL_TIMEOUT:?}"
+                    )));
+                }
+                Ok(Err(e)) => return Err(self.join_error(e)),
+                Ok(Ok(_)) => {}
+            }
+        }
+        Ok(())
     }
 
     /// One round of the steward (see [`spawn_steward`]); a no-op unless this node leads.

@@ -233,6 +233,7 @@ mod tests {
             peer_address: "127.0.0.1:12001".into(),
             client_address: "127.0.0.1:11001".into(),
             role: PeerRole::Voter,
+            incarnation: 7,
         }
     }
 

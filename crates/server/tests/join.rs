@@ -53,6 +53,7 @@ fn record(name: &str, peer: SocketAddr) -> PeerRecord {
         peer_address: peer.to_string(),
         client_address: format!("client-of-{name}"),
         role: PeerRole::Voter,
+        incarnation: 0,
     }
 }
 
@@ -287,4 +288,67 @@ fn only_a_learner_that_acknowledged_the_commit_index_is_caught_up() {
     assert!(!is_caught_up(Some(Index(4)), Index(5)));
     assert!(is_caught_up(Some(Index(5)), Index(5)));
     assert!(is_caught_up(Some(Index(6)), Index(5)));
+}
+
+/// Regression: joining again under a member's name used to take over that member's
+/// identity (a wiped directory or a second process became the voter, without its log
+/// or its vote). Only the same incarnation may join again (idempotent); another is
+/// refused until the operator removes the old member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_name_is_refused_to_another_incarnation_until_removed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [a_peer, b_peer] = free_addresses(2)[..] else {
+        unreachable!("two addresses")
+    };
+    let a = start("a", dir.path(), 0xb0b, a_peer, None).await;
+    let (a_id, b_id) = (node_id_for("a"), node_id_for("b"));
+    let incarnation = |n: u64| PeerRecord {
+        incarnation: n,
+        ..record("b", b_peer)
+    };
+    eventually("b joins", async || a.node.join(b_id, incarnation(1)).await).await;
+    let again = a.node.join(b_id, incarnation(1)).await;
+    assert!(again.is_ok(), "the same incarnation joins again: {again:?}");
+
+    let refused = a.node.join(b_id, incarnation(2)).await;
+    assert_eq!(
+        refused,
+        Err(JoinError::AnotherIncarnation {
+            node_id: b_id,
+            name: "b".into()
+        })
+    );
+    assert!(
+        refused
+            .expect_err("refused")
+            .to_string()
+            .contains("remove the old member first")
+    );
+    let book = a.node.peers().await.expect("book");
+    assert_eq!(book.get(&b_id.0), Some(&incarnation(1)), "unchanged");
+    // The founder's own name is refused to a newcomer too.
+    let founder = a
+        .node
+        .join(
+            a_id,
+            PeerRecord {
+                incarnation: 9,
+                ..record("a", b_peer)
+            },
+        )
+        .await;
+    assert!(
+        matches!(founder, Err(JoinError::AnotherIncarnation { .. })),
+        "{founder:?}"
+    );
+
+    a.node.remove_server(b_id).await.expect("remove b");
+    let status = a.node.engine.status().await.expect("status");
+    assert!(!status.membership.contains(b_id), "{:?}", status.membership);
+    let joined = a
+        .node
+        .join(b_id, incarnation(2))
+        .await
+        .expect("after removal the new incarnation joins");
+    assert_eq!(joined.peers.get(&b_id.0), Some(&incarnation(2)));
 }
