@@ -25,7 +25,11 @@
 //! # Forwarded writes
 //! A follower proposes nothing: it sends the encoded command to the leader's
 //! `/internal/propose`, which proposes it there (and never forwards again, so two nodes
-//! that disagree about the leader cannot bounce a write between them).
+//! that disagree about the leader cannot bounce a write between them). Only writes are
+//! accepted there (address-book and session commands are the leader's own business),
+//! and only with the cluster's id and the leader's own id in [`CLUSTER_HEADER`] and
+//! [`TARGET_HEADER`]; members send both on every call to another member, joins
+//! included.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,6 +65,13 @@ pub const NAME_FILE: &str = "name";
 pub const INCARNATION_FILE: &str = "incarnation";
 /// Header marking a request a member already forwarded (it is never forwarded again).
 pub const FORWARDED_HEADER: &str = "x-rkv-forwarded";
+/// Header with the sender's cluster id (16 hex digits) on calls between members: a node
+/// of another cluster is refused. Required on `/internal/propose`, checked on `/join`
+/// when present (a new server does not know the cluster id yet).
+pub const CLUSTER_HEADER: &str = "x-rkv-cluster-id";
+/// Header with the Raft id (decimal) of the node a member meant to call: an address
+/// that now belongs to another node is refused rather than served by the wrong one.
+pub const TARGET_HEADER: &str = "x-rkv-target-node";
 /// How long a new server keeps trying to join before giving up.
 pub const JOIN_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -498,14 +509,24 @@ impl Replica {
     }
 
     async fn forward(&self, command: Bytes) -> Result<WriteDone, WriteError> {
-        let Some(leader) = self.leader_address() else {
+        let leader_id = self.node.engine.observed().leader;
+        let Some((leader_id, leader)) =
+            leader_id.and_then(|id| Some((id, self.node.address_of(id)?)))
+        else {
             return Err(WriteError::NoLeader(
                 "no leader is known (an election may be under way); retry".into(),
             ));
         };
+        let (cluster, target) = member_headers(self.node.cluster_id, leader_id);
         let answer = self
             .http
-            .call(Method::POST, &leader, "/internal/propose", &[], command)
+            .call(
+                Method::POST,
+                &leader,
+                "/internal/propose",
+                &[(CLUSTER_HEADER, &cluster), (TARGET_HEADER, &target)],
+                command,
+            )
             .await;
         let (status, body) = answer.map_err(|e| {
             WriteError::Unknown(format!("forwarding to the leader at {leader} failed: {e}"))
@@ -538,6 +559,52 @@ impl Replica {
             Ok(Err(e)) => Err(WriteError::from_engine(e)),
             Ok(Ok(value)) => Ok(value),
         }
+    }
+}
+
+/// The values of [`CLUSTER_HEADER`] and [`TARGET_HEADER`] for a call to `target`.
+fn member_headers(cluster_id: u64, target: NodeId) -> (String, String) {
+    (format!("{cluster_id:016x}"), target.0.to_string())
+}
+
+/// Checks a call from another member: a [`CLUSTER_HEADER`] naming another cluster, or a
+/// [`TARGET_HEADER`] naming another node, is refused (409), and so is a call without
+/// the cluster header when `required`.
+fn check_member_call(
+    node: &Node,
+    headers: &HeaderMap,
+    required: bool,
+) -> Result<(), Box<Response>> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("(not text)"))
+    };
+    let refuse = |why: String| Err(Box::new(json_error(StatusCode::CONFLICT, why, None)));
+    match text(CLUSTER_HEADER) {
+        None if required => {
+            return Err(Box::new(json_error(
+                StatusCode::BAD_REQUEST,
+                format!("a call between members must carry the {CLUSTER_HEADER} header"),
+                None,
+            )));
+        }
+        None => {}
+        Some(cluster) if u64::from_str_radix(cluster, 16).ok() == Some(node.cluster_id) => {}
+        Some(cluster) => {
+            return refuse(format!(
+                "this node belongs to cluster {:016x}, not {cluster}: the caller is a node \
+                 of another cluster, or has an old address of ours",
+                node.cluster_id
+            ));
+        }
+    }
+    match text(TARGET_HEADER) {
+        Some(target) if target.parse::<u64>().ok() != Some(node.engine.id().0) => refuse(format!(
+            "this is node {}, not node {target}: the caller's address book is out of date",
+            node.engine.id()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -728,6 +795,9 @@ async fn join_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(refused) = check_member_call(&replica.node, &headers, false) {
+        return *refused;
+    }
     let request: JoinRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -755,16 +825,21 @@ async fn join_handler(
             (StatusCode::OK, [("content-type", "application/json")], text).into_response()
         }
         Err(JoinError::NotLeader {
+            leader: Some(leader_id),
             leader_address: Some(leader),
-            ..
         }) if !headers.contains_key(FORWARDED_HEADER) && !leader.is_empty() => {
+            let (cluster, target) = member_headers(replica.node.cluster_id, leader_id);
             let forwarded = replica
                 .http
                 .call(
                     Method::POST,
                     &leader,
                     "/join",
-                    &[(FORWARDED_HEADER, "1")],
+                    &[
+                        (FORWARDED_HEADER, "1"),
+                        (CLUSTER_HEADER, &cluster),
+                        (TARGET_HEADER, &target),
+                    ],
                     body,
                 )
                 .await;
@@ -820,9 +895,26 @@ async fn remove_handler(State(replica): State<Arc<Replica>>, body: Bytes) -> Res
     }
 }
 
-async fn propose_handler(State(replica): State<Arc<Replica>>, body: Bytes) -> Response {
-    if let Err(e) = Command::decode(&body) {
-        return json_error(StatusCode::BAD_REQUEST, format!("not a command: {e}"), None);
+async fn propose_handler(
+    State(replica): State<Arc<Replica>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = check_member_call(&replica.node, &headers, true) {
+        return *refused;
+    }
+    match Command::decode(&body) {
+        Err(e) => {
+            return json_error(StatusCode::BAD_REQUEST, format!("not a command: {e}"), None);
+        }
+        Ok(Command::Write { .. }) => {}
+        Ok(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "only writes are forwarded: address-book and session commands are refused",
+                None,
+            );
+        }
     }
     match propose_here(&replica.node, body).await {
         Ok(done) => {

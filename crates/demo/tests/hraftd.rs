@@ -228,3 +228,122 @@ async fn a_bad_command_line_is_refused_with_a_message() {
         bad_address.errors()
     );
 }
+
+/// Regression: `/internal/propose` used to apply any command (address-book entries,
+/// session registrations) from anyone, for any cluster. It takes only writes, only with
+/// this cluster's id and this node's id in the member headers; a join naming another
+/// cluster is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_calls_from_another_cluster_or_with_other_commands_are_refused() {
+    use bytes::Bytes;
+    use rkv_demo::replica::{CLUSTER_HEADER, TARGET_HEADER};
+    use rkv_kv::{Command, PeerRecord, PeerRole, WriteOp};
+
+    let root = tempfile::tempdir().expect("temp dir");
+    let ports = free_ports(2, 0);
+    let node = Node {
+        name: "node0".into(),
+        haddr: format!("127.0.0.1:{}", ports[0]),
+        raddr: format!("127.0.0.1:{}", ports[1]),
+        dir: root.path().join("node0").display().to_string(),
+    };
+    let _proc = start(&node, None, root.path());
+    let client = http();
+    wait_for_membership(&client, &node.haddr, 1, 0).await;
+    let identity = rkv_server::identity::read(std::path::Path::new(&node.dir))
+        .expect("identity readable")
+        .expect("identity written");
+    let cluster = format!("{:016x}", identity.cluster_id);
+    let other_cluster = format!("{:016x}", identity.cluster_id ^ 1);
+    let own_id = identity.node_id.to_string();
+    let other_id = (identity.node_id ^ 1).to_string();
+    let write = Bytes::from(
+        Command::Write {
+            now_ms: 1,
+            session: None,
+            op: WriteOp::Put {
+                key: Bytes::from("k"),
+                value: Bytes::from("v"),
+            },
+        }
+        .encode(),
+    );
+    let set_peer = Bytes::from(
+        Command::SetPeer {
+            now_ms: 1,
+            node_id: 42,
+            record: Some(PeerRecord {
+                name: "intruder".into(),
+                peer_address: "127.0.0.1:1".into(),
+                client_address: String::new(),
+                role: PeerRole::Voter,
+                incarnation: 0,
+            }),
+        }
+        .encode(),
+    );
+    let propose = async |headers: &[(&str, &str)], body: &Bytes| {
+        let (code, body) = client
+            .call(
+                Method::POST,
+                &node.haddr,
+                "/internal/propose",
+                headers,
+                body.clone(),
+            )
+            .await
+            .expect("call");
+        (code, String::from_utf8_lossy(&body).into_owned())
+    };
+    let (code, body) = propose(&[], &write).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "no cluster header: {body}");
+    let (code, body) = propose(
+        &[(CLUSTER_HEADER, &other_cluster), (TARGET_HEADER, &own_id)],
+        &write,
+    )
+    .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("cluster"), "{body}");
+    let (code, body) = propose(
+        &[(CLUSTER_HEADER, &cluster), (TARGET_HEADER, &other_id)],
+        &write,
+    )
+    .await;
+    assert_eq!(code, StatusCode::CONFLICT, "another target: {body}");
+    let (code, body) = propose(
+        &[(CLUSTER_HEADER, &cluster), (TARGET_HEADER, &own_id)],
+        &set_peer,
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("only writes"), "{body}");
+    let (_, status_body) = call(&client, Method::GET, &node.haddr, "/status", "")
+        .await
+        .expect("status");
+    assert!(!status_body.contains("intruder"), "{status_body}");
+    let (code, body) = propose(
+        &[(CLUSTER_HEADER, &cluster), (TARGET_HEADER, &own_id)],
+        &write,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "a member's write: {body}");
+
+    // A join forwarded by a node of another cluster.
+    let join = Bytes::from(r#"{"id": "node9", "addr": "127.0.0.1:1"}"#);
+    let (code, body) = client
+        .call(
+            Method::POST,
+            &node.haddr,
+            "/join",
+            &[(CLUSTER_HEADER, &other_cluster)],
+            join,
+        )
+        .await
+        .expect("join call");
+    assert_eq!(
+        code,
+        StatusCode::CONFLICT,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
