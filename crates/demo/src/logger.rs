@@ -12,9 +12,13 @@
 //! One line per applied command entry: `INDEX TEXT`, with TEXT in the kvstore's request
 //! form where there is one ([`describe`]): `set-KEY-VALUE`, `delete-KEY`, and
 //! `set-many K=V ...`, `cas-KEY`, `register`, `peer NAME ADDRESS ROLE` otherwise.
+//! Keys, values and names are escaped ([`escape`]) so that a line is always one
+//! command: `\\` for a backslash, `\n`, `\r`, `\t`, `\u{XX}` for other control
+//! characters, and `\xNN` for each byte that is not UTF-8; everything else is as sent.
 //! The lines are written on the apply path, in order, and flushed per entry. Restarted,
-//! the logger appends after the last index already in the file (a restart applies the
-//! log again from its snapshot, and nothing is written twice). Not logged: entries that
+//! the logger drops a torn last line (one without its newline), then appends after the
+//! index of the last well-formed line (a restart applies the log again from its
+//! snapshot, and nothing is written twice). Not logged: entries that
 //! reach the logger inside a snapshot (only if it falls behind by a whole snapshot
 //! interval, 100,000 entries); the file then jumps, visibly, to the next index.
 
@@ -46,7 +50,29 @@ pub struct Flags {
 }
 
 fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    escape(bytes)
+}
+
+/// `bytes` as text on one line (see the module docs): a newline in a value can never
+/// start a line of its own.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// A committed command as one line of text (see the module docs).
@@ -76,7 +102,8 @@ pub fn describe(command: &[u8]) -> String {
             };
             format!(
                 "peer {} {} {role} (id {node_id})",
-                record.name, record.peer_address
+                escape(record.name.as_bytes()),
+                escape(record.peer_address.as_bytes())
             )
         }
         Ok(Command::SetPeer { node_id, .. }) => format!("peer-removed (id {node_id})"),
@@ -84,26 +111,58 @@ pub fn describe(command: &[u8]) -> String {
     }
 }
 
-/// The last index written to the file at `path` (0 if there is none).
-pub fn last_logged_index(path: &Path) -> u64 {
-    let Ok(file) = std::fs::File::open(path) else {
-        return 0;
+/// The index of a complete line `INDEX TEXT\n`, if it is one.
+fn well_formed_index(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\n")?;
+    let space = line.iter().position(|b| *b == b' ')?;
+    let (index, _) = line.split_at(space);
+    if index.is_empty() || !index.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(index).ok()?.parse().ok()
+}
+
+/// Where the file at `path` stands: the index of its last well-formed line (0 if none)
+/// and the length of its complete lines (a torn last line, cut by a crash mid-write,
+/// lies beyond it).
+fn scan(path: &Path) -> std::io::Result<(u64, u64)> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e),
     };
-    std::io::BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|line| line.split_once(' ')?.0.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
+    let mut reader = std::io::BufReader::new(file);
+    let (mut last, mut complete) = (0, 0u64);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line)?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            return Ok((last, complete));
+        }
+        complete += read as u64;
+        if let Some(index) = well_formed_index(&line) {
+            last = index;
+        }
+    }
+}
+
+/// The index of the last well-formed line of the file at `path` (0 if there is none or
+/// the file cannot be read).
+pub fn last_logged_index(path: &Path) -> u64 {
+    scan(path).map_or(0, |(last, _)| last)
 }
 
 /// An observer appending every applied command to `path`.
 pub fn file_observer(path: &Path) -> Result<ApplyObserver, String> {
-    let last = last_logged_index(path);
+    let (last, complete) = scan(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // A torn last line goes: its entry is written again, whole, after the last one.
+    file.set_len(complete)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let state = Arc::new(Mutex::new((std::io::BufWriter::new(file), last)));
     let shown = path.display().to_string();
@@ -170,5 +229,60 @@ mod tests {
         }
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text, "1 register\n2 register\n3 register\n4 register\n");
+    }
+
+    fn put(key: &str, value: &str) -> Bytes {
+        Bytes::from(
+            Command::Write {
+                now_ms: 1,
+                session: None,
+                op: WriteOp::Put {
+                    key: Bytes::from(key.to_string()),
+                    value: Bytes::from(value.to_string()),
+                },
+            }
+            .encode(),
+        )
+    }
+
+    /// Regression: a value with a newline used to split its line, and the restart point
+    /// was the largest number at the start of any line (here 999999): every later
+    /// command was then skipped.
+    #[test]
+    fn a_value_with_a_newline_stays_on_its_line_and_restarts_resume_correctly() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("log");
+        let observer = file_observer(&path).expect("opens");
+        observer(rkv_raft::Index(1), &put("k", "a\n999999 y"), &[]);
+        observer(rkv_raft::Index(2), &put("tab\t", "back\\slash\r"), &[]);
+        assert_eq!(last_logged_index(&path), 2);
+        let observer = file_observer(&path).expect("reopens");
+        observer(rkv_raft::Index(3), &put("k", "z"), &[]);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text,
+            "1 set-k-a\\n999999 y\n2 set-tab\\t-back\\\\slash\\r\n3 set-k-z\n"
+        );
+    }
+
+    #[test]
+    fn escaping_keeps_text_readable_and_one_line() {
+        assert_eq!(escape(b"plain text, it's"), "plain text, it's");
+        assert_eq!(escape(b"a\x00b\x7f"), "a\\u{0}b\\u{7f}");
+        assert_eq!(escape(b"\xff\xfeok"), "\\xff\\xfeok");
+        assert_eq!(escape("é".as_bytes()), "é");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_written_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("log");
+        std::fs::write(&path, "1 register\ngarbage line\n2 register\n3 regis").expect("write");
+        assert_eq!(last_logged_index(&path), 2);
+        let observer = file_observer(&path).expect("reopens");
+        let command = Bytes::from(Command::Register { now_ms: 1 }.encode());
+        observer(rkv_raft::Index(3), &command, &[]);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "1 register\ngarbage line\n2 register\n3 register\n");
     }
 }
