@@ -253,6 +253,9 @@ impl Node {
                         "the membership change was not applied within {PROPOSAL_TIMEOUT:?}"
                     )));
                 }
+                // Another join of this very server (a retry racing the original, through
+                // another node or an earlier leader) added it first: it has joined.
+                Ok(Err(_)) if self.is_joined_as(node_id, &record).await => {}
                 Ok(Err(e)) => return Err(self.join_error(e)),
                 Ok(Ok(_)) => {}
             }
@@ -262,6 +265,21 @@ impl Node {
             leader: self.engine.id(),
             peers: self.peers().await.map_err(|e| self.join_error(e))?,
         })
+    }
+
+    /// Whether `node_id` is a member and the book holds exactly `record` for it (the same
+    /// incarnation at the same addresses).
+    async fn is_joined_as(&self, node_id: NodeId, record: &PeerRecord) -> bool {
+        let member = self
+            .engine
+            .status()
+            .await
+            .is_ok_and(|status| status.membership.contains(node_id));
+        member
+            && self
+                .peers()
+                .await
+                .is_ok_and(|book| book.get(&node_id.0) == Some(record))
     }
 
     /// Removes server `node_id` from the membership and forgets its record, so that the

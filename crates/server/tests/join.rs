@@ -352,3 +352,33 @@ async fn a_member_name_is_refused_to_another_incarnation_until_removed() {
         .expect("after removal the new incarnation joins");
     assert_eq!(joined.peers.get(&b_id.0), Some(&incarnation(2)));
 }
+
+/// Regression: two joins of the same server at once (the joiner's retry racing its
+/// first attempt) used to fail one of them: the second `AddLearner` was refused as
+/// "already a member", which reached the joiner as a 400 it does not retry. Both must
+/// succeed, with one learner added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_joins_of_one_server_at_once_both_succeed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [a_peer, b_peer] = free_addresses(2)[..] else {
+        unreachable!("two addresses")
+    };
+    let a = start("a", dir.path(), 0x2a, a_peer, None).await;
+    let (a_id, b_id) = (node_id_for("a"), node_id_for("b"));
+    eventually("the founder records itself", async || {
+        match a.node.peers().await {
+            Ok(peers) if peers.contains_key(&a_id.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let b = PeerRecord {
+        incarnation: 5,
+        ..record("b", b_peer)
+    };
+    let (first, second) = tokio::join!(a.node.join(b_id, b.clone()), a.node.join(b_id, b.clone()));
+    assert!(first.is_ok(), "{first:?}");
+    assert!(second.is_ok(), "{second:?}");
+    let status = a.node.engine.status().await.expect("status");
+    assert!(status.membership.learners.contains(&b_id), "{status:?}");
+}
