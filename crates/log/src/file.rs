@@ -32,6 +32,9 @@ pub struct FileLogOptions {
     pub cache_entries: usize,
     /// A segment is closed and a new one started once it would grow past this size.
     pub segment_bytes_max: u64,
+    /// How far ahead of its records the active segment is extended at least, each time
+    /// it is (it also doubles; FORMAT.md §2); 0 turns preallocation off.
+    pub preallocate_bytes: u64,
     /// At open, cut the log at corruption instead of refusing to start (FORMAT.md §5).
     /// Drops data that may have been acknowledged: only on an operator's explicit request.
     pub repair: bool,
@@ -43,6 +46,7 @@ impl Default for FileLogOptions {
             sync: SyncPolicy::Always,
             cache_entries: 4096,
             segment_bytes_max: 64 << 20,
+            preallocate_bytes: PREALLOCATE_BYTES,
             repair: false,
         }
     }
@@ -105,9 +109,15 @@ struct Active {
     file: Box<dyn VfsFile>,
     /// Bytes already written to the file (the buffer continues from here).
     written: u64,
+    /// The file's length: `written` plus preallocated zeros (FORMAT.md §2).
+    allocated: u64,
     /// Offset in the buffer where entries start (past a header still in the buffer).
     buffer_entries_start: usize,
 }
+
+/// The default [`FileLogOptions::preallocate_bytes`]: one size change, and so one
+/// metadata write, per this many bytes of log.
+pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 
 /// The log in segment files. See the crate docs and FORMAT.md.
 #[derive(Debug)]
@@ -199,6 +209,16 @@ impl FileLog {
         let name = segment_name(active.sequence);
         self.io("write", &name, |log| {
             let active = log.active.as_mut().expect("checked above");
+            let end = active.written + log.buffer.len() as u64;
+            if end > active.allocated && log.options.preallocate_bytes > 0 {
+                // Preallocate (sparse zeros) ahead: the appends that follow change no
+                // file size, so their fdatasync has no metadata to write.
+                let limit = log.options.segment_bytes_max.max(end);
+                // At least the step, and doubling, so large writes resize rarely too.
+                let ahead = log.options.preallocate_bytes.max(end);
+                active.allocated = end.saturating_add(ahead).min(limit);
+                active.file.set_len(active.allocated)?;
+            }
             write_all_at(active.file.as_mut(), active.written, &log.buffer)?;
             active.written += log.buffer.len() as u64;
             active.buffer_entries_start = 0;
@@ -241,6 +261,18 @@ impl FileLog {
     fn roll(&mut self, first_index: Index) -> Result<(), LogError> {
         self.flush_buffer()?;
         self.sync_active()?;
+        if let Some(active) = self.active.as_ref().filter(|a| a.allocated > a.written) {
+            // Closed segments hold no preallocated space (FORMAT.md §2).
+            let (name, written) = (segment_name(active.sequence), active.written);
+            self.io("truncate", &name, |log| {
+                let active = log.active.as_mut().expect("checked above");
+                active.file.set_len(written)?;
+                if log.options.sync.syncs() {
+                    active.file.sync_data()?;
+                }
+                Ok(())
+            })?;
+        }
         let sequence = self.next_sequence;
         let name = segment_name(sequence);
         let file = self.io("create", &name, |log| log.vfs.create(&name))?;
@@ -258,6 +290,7 @@ impl FileLog {
             sequence,
             file,
             written: 0,
+            allocated: 0,
             buffer_entries_start: SEGMENT_HEADER_BYTES,
         });
         self.segments.push(Segment {
@@ -872,6 +905,11 @@ impl Recovery {
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut previous = self.last_term();
         while offset < bytes.len() {
+            if format::is_preallocated_tail(&bytes[offset..]) {
+                // The end of the records; cut the unused space (FORMAT.md §2).
+                self.cut(&name, offset as u64)?;
+                break;
+            }
             let decoded = format::decode_record(&bytes[offset..]).and_then(|d| {
                 let expected = self.last.next();
                 if d.entry.index != expected {
@@ -920,8 +958,10 @@ impl Recovery {
         corruption: Corruption,
         is_last: bool,
     ) -> Result<Stop, LogError> {
+        // No record starts in the zeros at the end (preallocated space): scan up to them.
+        let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
         let valid_record_follows =
-            (offset + 1..bytes.len()).any(|p| format::check_record_frame(&bytes[p..]).is_ok());
+            (offset + 1..end).any(|p| format::check_record_frame(&bytes[p..]).is_ok());
         let torn = is_last && !valid_record_follows;
         if !torn && !self.options.repair {
             return Err(self.corrupt(name, offset as u64, corruption));
@@ -941,17 +981,7 @@ impl Recovery {
                 self.segments.retain(|s| s.sequence != sequence);
             }
         } else {
-            let display = self.vfs.display_name(name);
-            let syncs = self.options.sync.syncs();
-            let cut = || -> std::io::Result<()> {
-                let mut file = self.vfs.open(name)?;
-                file.set_len(offset as u64)?;
-                if syncs {
-                    file.sync_data()?;
-                }
-                Ok(())
-            };
-            cut().map_err(|e| LogError::io("truncate", display, e))?;
+            self.cut(name, offset as u64)?;
         }
         self.sync_dir()?;
         if torn {
@@ -960,6 +990,21 @@ impl Recovery {
             self.report.repaired = Some(truncation);
         }
         Ok(Stop::End)
+    }
+
+    /// Cuts segment `name` to `len` bytes, durably.
+    fn cut(&self, name: &str, len: u64) -> Result<(), LogError> {
+        let display = self.vfs.display_name(name);
+        let syncs = self.options.sync.syncs();
+        let cut = || -> std::io::Result<()> {
+            let mut file = self.vfs.open(name)?;
+            file.set_len(len)?;
+            if syncs {
+                file.sync_data()?;
+            }
+            Ok(())
+        };
+        cut().map_err(|e| LogError::io("truncate", display, e))
     }
 
     fn finish(

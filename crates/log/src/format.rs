@@ -14,8 +14,11 @@ use rkv_raft::{
 
 use crate::error::Corruption;
 
-/// The format version written by this build, for every file kind.
+/// The format version written by this build for the hard state and snapshot files.
 pub const VERSION: u32 = 1;
+/// The segment format version written by this build: 2 adds preallocation (FORMAT.md
+/// §2); version 1 segments are read too.
+pub const SEGMENT_VERSION: u32 = 2;
 /// Magic number at the start of a segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"rkvlogsg";
 /// Magic number at the start of each hard state slot.
@@ -132,7 +135,7 @@ pub struct SegmentHeader {
 pub fn encode_segment_header(header: &SegmentHeader, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&SEGMENT_MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
     out.extend_from_slice(&header.sequence.to_le_bytes());
     out.extend_from_slice(&header.first_index.0.to_le_bytes());
     let checksum = crc(&out[start..]);
@@ -150,11 +153,19 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, Corruption> 
     let stored = reader.u32()?;
     check_magic(magic, &SEGMENT_MAGIC)?;
     check_crc(stored, crc(&bytes[..SEGMENT_HEADER_BYTES - 4]))?;
-    check_version(version)?;
+    if !(1..=SEGMENT_VERSION).contains(&version) {
+        return Err(Corruption::UnsupportedVersion(version));
+    }
     Ok(SegmentHeader {
         sequence,
         first_index,
     })
+}
+
+/// Whether `bytes` (what follows the last record of a segment) is unused preallocated
+/// space: a zero length field and nothing but zeros to the end (FORMAT.md §2).
+pub fn is_preallocated_tail(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|b| *b == 0)
 }
 
 /// The encoded size of an entry's record.

@@ -389,8 +389,10 @@ impl VfsFile for SimHandle {
             return Err(eio("sync"));
         }
         let file = disk.file(self.id);
-        file.durable = file.live.clone();
-        file.unsynced.clear();
+        // The same as copying `live`, without copying what did not change.
+        for op in std::mem::take(&mut file.unsynced) {
+            op.apply(&mut file.durable);
+        }
         disk.stats.syncs += 1;
         Ok(())
     }

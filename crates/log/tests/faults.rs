@@ -259,14 +259,51 @@ fn a_bad_record_followed_by_good_ones_in_the_last_segment_is_corruption() {
 fn a_torn_last_record_is_truncated_and_reported() {
     let vfs = SimVfs::new(9);
     let written = synced_log(&vfs, 30);
+    use rkv_log::vfs::Vfs;
     let last = segments(&vfs).pop().unwrap();
-    let len = vfs.file_len(&last).unwrap();
-    assert!(vfs.corrupt(&last, len - 1, 0xff));
+    // The last record ends at the last non-zero byte: after it, preallocated zeros.
+    let bytes = vfs.read(&last).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() as u64 + 1;
+    assert!(
+        end < vfs.file_len(&last).unwrap(),
+        "the segment was preallocated"
+    );
+    assert!(vfs.corrupt(&last, end - 1, 0xff));
     let (_, recovered, report) = open(&vfs).unwrap();
     let torn = report.torn_tail.expect("the torn tail is reported");
     assert!(torn.file.ends_with(last.as_str()));
     assert_eq!(recovered.entries[..], written[..written.len() - 1]);
     assert_eq!(vfs.file_len(&last), Some(torn.offset), "the file was cut");
+}
+
+#[test]
+fn preallocated_space_ends_the_records_quietly_and_is_cut() {
+    use rkv_log::vfs::Vfs;
+    let vfs = SimVfs::new(11);
+    let written = synced_log(&vfs, 30);
+    let last = segments(&vfs).pop().unwrap();
+    let bytes = vfs.read(&last).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() as u64 + 1;
+    assert!(
+        end < bytes.len() as u64,
+        "the active segment was preallocated"
+    );
+    let (_, recovered, report) = open(&vfs).unwrap();
+    assert_eq!(recovered.entries, written);
+    assert!(
+        report.torn_tail.is_none() && report.repaired.is_none(),
+        "{report}"
+    );
+    assert_eq!(vfs.file_len(&last), Some(end), "the unused space was cut");
+    // A non-zero byte inside the preallocated space is not silently ignored.
+    let vfs = SimVfs::new(12);
+    synced_log(&vfs, 30);
+    let last = segments(&vfs).pop().unwrap();
+    let len = vfs.file_len(&last).unwrap();
+    assert!(vfs.corrupt(&last, len - 1, 0x01));
+    let (_, recovered, report) = open(&vfs).unwrap();
+    assert_eq!(recovered.entries.len(), 30);
+    assert!(report.torn_tail.is_some(), "{report}");
 }
 
 #[test]
