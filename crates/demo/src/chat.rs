@@ -30,7 +30,10 @@
 //! It connects to the first `rep` servers of `svrIps`, sends each line typed on stdin
 //! (as `NAME: text`) to one of them (the next one if that fails), and prints each
 //! message once: as it hears each from up to `rep` replicas, it drops repeats, keeping
-//! the log indices of the last `mqueueSize` messages (exact, unlike comparing texts).
+//! the log indices of the last `mqueueSize` messages (exact, unlike comparing texts),
+//! and also drops any index at or below the highest it has printed: every replica sends
+//! in log order, so such a message is a repeat from a replica that lags by more than
+//! `mqueueSize` messages (the queue alone would print it again, out of order).
 //! Messages go to stdout, one line each; notices and errors to stderr.
 
 use std::collections::{HashSet, VecDeque};
@@ -214,12 +217,14 @@ pub struct ClientFlags {
     pub name: Option<String>,
 }
 
-/// Drops messages already seen, remembering the last `capacity` indices.
+/// Drops messages already seen: the last `capacity` indices (the original's queue), and
+/// any index at or below the highest seen (a lagging replica's repeats, however late).
 #[derive(Debug)]
 pub struct Dedup {
     order: VecDeque<u64>,
     seen: HashSet<u64>,
     capacity: usize,
+    highest: u64,
 }
 
 impl Dedup {
@@ -229,14 +234,17 @@ impl Dedup {
             order: VecDeque::with_capacity(capacity),
             seen: HashSet::with_capacity(capacity),
             capacity: capacity.max(1),
+            highest: 0,
         }
     }
 
-    /// True the first time `index` is offered (while remembered).
+    /// True the first time `index` is offered, and only if it is above every index
+    /// offered before (messages are printed in log order, each once).
     pub fn first_time(&mut self, index: u64) -> bool {
-        if self.seen.contains(&index) {
+        if index <= self.highest || self.seen.contains(&index) {
             return false;
         }
+        self.highest = index;
         if self.order.len() == self.capacity
             && let Some(oldest) = self.order.pop_front()
         {
@@ -390,8 +398,19 @@ mod tests {
         assert!(dedup.first_time(5));
         assert!(!dedup.first_time(5));
         assert!(dedup.first_time(6));
-        assert!(dedup.first_time(7)); // 5 is forgotten now
+        assert!(dedup.first_time(7)); // 5 is out of the queue now
         assert!(!dedup.first_time(6));
-        assert!(dedup.first_time(5));
+    }
+
+    /// Regression: a replica lagging more than `mqueueSize` messages behind used to
+    /// have its repeats printed again, out of order, once they had left the queue.
+    #[test]
+    fn a_lagging_replicas_repeats_are_dropped_even_when_forgotten() {
+        let mut dedup = Dedup::new(2);
+        // The fast replica delivers 1..=5; the slow one then delivers 1..=6.
+        let fast: Vec<bool> = (1..=5).map(|i| dedup.first_time(i)).collect();
+        assert_eq!(fast, [true; 5]);
+        let slow: Vec<u64> = (1..=6).filter(|i| dedup.first_time(*i)).collect();
+        assert_eq!(slow, [6], "only the new message is printed");
     }
 }
