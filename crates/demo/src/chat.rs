@@ -50,7 +50,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::kvstore::{NodeFlags, read_line, serve_http};
 use crate::profile::stop_requested;
-use crate::replica::Replica;
+use crate::replica::{Replica, WriteError};
 
 /// The key every chat message is written to.
 pub const CHAT_KEY: &[u8] = b"\0chat";
@@ -163,7 +163,7 @@ async fn serve_chatter(replica: Arc<Replica>, stream: TcpStream) {
                 };
                 match replica.write(write).await {
                     Ok(_) => None,
-                    Err(e) => Some(format!("! error: not sent: {e}\n")),
+                    Err(e) => Some(send_failure_notice(&e)),
                 }
             }
         };
@@ -176,6 +176,17 @@ async fn serve_chatter(replica: Arc<Replica>, stream: TcpStream) {
     broadcaster.abort();
     drop(out);
     let _ = writer.await;
+}
+
+/// The notice a sender gets when its message did not commit for sure: "not sent" only
+/// when nothing was applied; an unknown outcome says the message may still appear.
+pub fn send_failure_notice(error: &WriteError) -> String {
+    match error {
+        WriteError::Unknown(_) => {
+            format!("! error: maybe sent (it may still appear; do not resend blindly): {error}\n")
+        }
+        _ => format!("! error: not sent: {error}\n"),
+    }
 }
 
 /// The client's TOML file, as raft-demo's.
@@ -412,5 +423,15 @@ mod tests {
         assert_eq!(fast, [true; 5]);
         let slow: Vec<u64> = (1..=6).filter(|i| dedup.first_time(*i)).collect();
         assert_eq!(slow, [6], "only the new message is printed");
+    }
+
+    /// Regression: an unknown outcome was reported as "not sent".
+    #[test]
+    fn an_unknown_outcome_is_not_reported_as_not_sent() {
+        let unknown = send_failure_notice(&WriteError::Unknown("timed out".into()));
+        assert!(!unknown.contains("not sent"), "{unknown}");
+        assert!(unknown.contains("may still appear"), "{unknown}");
+        let none = send_failure_notice(&WriteError::NoLeader("election".into()));
+        assert!(none.starts_with("! error: not sent"), "{none}");
     }
 }

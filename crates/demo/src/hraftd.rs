@@ -137,7 +137,7 @@ async fn get_key(
             format!("key {name:?} not found"),
             None,
         ),
-        Err(e) => json_error(e.status(), e.to_string(), replica.leader_address()),
+        Err(e) => replica::write_error_response(&e, replica.leader_address()),
     }
 }
 
@@ -187,7 +187,7 @@ async fn set_keys(
     }
     match replica.write(WriteOp::PutMany { pairs }).await {
         Ok(_) => StatusCode::OK.into_response(),
-        Err(e) => json_error(e.status(), e.to_string(), replica.leader_address()),
+        Err(e) => replica::write_error_response(&e, replica.leader_address()),
     }
 }
 
@@ -206,7 +206,7 @@ async fn delete_key(
         .await
     {
         Ok(_) => StatusCode::OK.into_response(),
-        Err(e) => json_error(e.status(), e.to_string(), replica.leader_address()),
+        Err(e) => replica::write_error_response(&e, replica.leader_address()),
     }
 }
 

@@ -226,7 +226,7 @@ async fn get_value(State(replica): State<Arc<Replica>>, Path(key): Path<String>)
     match replica.get(Bytes::from(key), ReadLevel::Linearizable).await {
         Ok(Some(value)) => (StatusCode::OK, value).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, "").into_response(),
-        Err(e) => json_error(e.status(), e.to_string(), replica.leader_address()),
+        Err(e) => replica::write_error_response(&e, replica.leader_address()),
     }
 }
 
@@ -247,7 +247,7 @@ async fn set_value(
         .await
     {
         Ok(_) => StatusCode::OK.into_response(),
-        Err(e) => json_error(e.status(), e.to_string(), replica.leader_address()),
+        Err(e) => replica::write_error_response(&e, replica.leader_address()),
     }
 }
 

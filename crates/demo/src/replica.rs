@@ -193,7 +193,7 @@ pub struct JoinAnswer {
     pub peers: Vec<PeerJson>,
 }
 
-/// A JSON error body: `{"error": ..., "leader": ...}`.
+/// A JSON error body: `{"error": ..., "leader": ..., "kind": ...}`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ErrorBody {
     /// What went wrong and what to do.
@@ -201,6 +201,11 @@ pub struct ErrorBody {
     /// The leader's HTTP address, when a follower knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// For a failed write or read, what happened, for programs ([`WriteError::kind`]):
+    /// `too_large`, `invalid`, `not_leader`, `no_leader` (nothing was applied: retry)
+    /// or `unknown` (the write may have been applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// A JSON error response.
@@ -209,10 +214,31 @@ pub fn json_error(
     error: impl Into<String>,
     leader: Option<String>,
 ) -> Response {
-    let body = ErrorBody {
-        error: error.into(),
-        leader,
-    };
+    error_response(
+        status,
+        ErrorBody {
+            error: error.into(),
+            leader,
+            kind: None,
+        },
+    )
+}
+
+/// The JSON error response for a failed write or read: its status, its message and
+/// its [`WriteError::kind`], so that a forwarding member can tell "may have been
+/// applied" from "nothing happened".
+pub fn write_error_response(error: &WriteError, leader: Option<String>) -> Response {
+    error_response(
+        error.status(),
+        ErrorBody {
+            error: error.to_string(),
+            leader,
+            kind: Some(error.kind().into()),
+        },
+    )
+}
+
+fn error_response(status: StatusCode, body: ErrorBody) -> Response {
     let text = serde_json::to_string(&body).unwrap_or_else(|_| "{}".into());
     (status, [("content-type", "application/json")], text).into_response()
 }
@@ -536,14 +562,7 @@ impl Replica {
                 WriteError::Unknown(format!("unreadable answer from the leader: {e}"))
             });
         }
-        let why = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        Err(match status {
-            StatusCode::PAYLOAD_TOO_LARGE => WriteError::TooLarge(why),
-            StatusCode::BAD_REQUEST => WriteError::Invalid(why),
-            _ => WriteError::NoLeader(format!("the leader at {leader} answered {status}: {why}")),
-        })
+        Err(error_from_leader(&leader, status, &body))
     }
 
     /// Reads `key` at `level` (a follower confirms a linearizable read with the leader).
@@ -628,6 +647,33 @@ async fn join_patiently(
     }
 }
 
+/// The error a leader's failed answer to a forwarded write stands for: its body's
+/// `kind` if it has one (an "outcome unknown" stays unknown), else by status, where a
+/// 503 without a kind is unknown too (it cannot be told from one that is).
+fn error_from_leader(leader: &str, status: StatusCode, body: &[u8]) -> WriteError {
+    let (why, kind) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(body) => (body.error, body.kind),
+        Err(_) => (String::from_utf8_lossy(body).into_owned(), None),
+    };
+    let why = format!("the leader at {leader} answered {status}: {why}");
+    match (kind.as_deref(), status) {
+        (Some(KIND_TOO_LARGE), _) | (None, StatusCode::PAYLOAD_TOO_LARGE) => {
+            WriteError::TooLarge(why)
+        }
+        (Some(KIND_INVALID), _) | (None, StatusCode::BAD_REQUEST) => WriteError::Invalid(why),
+        (Some(KIND_NOT_LEADER | KIND_NO_LEADER), _) | (None, StatusCode::CONFLICT) => {
+            WriteError::NoLeader(why)
+        }
+        _ => WriteError::Unknown(why),
+    }
+}
+
+const KIND_TOO_LARGE: &str = "too_large";
+const KIND_INVALID: &str = "invalid";
+const KIND_NOT_LEADER: &str = "not_leader";
+const KIND_NO_LEADER: &str = "no_leader";
+const KIND_UNKNOWN: &str = "unknown";
+
 /// What a write did.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct WriteDone {
@@ -669,6 +715,18 @@ impl WriteError {
         }
     }
 
+    /// What happened, for programs: `too_large`, `invalid`, `not_leader`, `no_leader`
+    /// (in these four nothing was applied) or `unknown` (it may have been applied).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WriteError::TooLarge(_) => KIND_TOO_LARGE,
+            WriteError::Invalid(_) => KIND_INVALID,
+            WriteError::NotLeader { .. } => KIND_NOT_LEADER,
+            WriteError::NoLeader(_) => KIND_NO_LEADER,
+            WriteError::Unknown(_) => KIND_UNKNOWN,
+        }
+    }
+
     /// The HTTP status that fits.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -688,7 +746,9 @@ impl std::fmt::Display for WriteError {
             WriteError::Invalid(why) => write!(f, "invalid: {why}"),
             WriteError::NotLeader { .. } => write!(f, "not the leader"),
             WriteError::NoLeader(why) => write!(f, "unavailable: {why}"),
-            WriteError::Unknown(why) => write!(f, "outcome unknown: {why}"),
+            WriteError::Unknown(why) => {
+                write!(f, "outcome unknown, the write may have been applied: {why}")
+            }
         }
     }
 }
@@ -921,7 +981,7 @@ async fn propose_handler(
             let text = serde_json::to_string(&done).unwrap_or_default();
             (StatusCode::OK, [("content-type", "application/json")], text).into_response()
         }
-        Err(e) => json_error(e.status(), e.to_string(), replica.leader_address()),
+        Err(e) => write_error_response(&e, replica.leader_address()),
     }
 }
 
@@ -1006,5 +1066,33 @@ mod tests {
             incarnation_of(legacy.path(), true),
             Err(ReplicaError::Config(_))
         ));
+    }
+
+    /// Regression: a leader's "outcome unknown" reached the client of a forwarding
+    /// follower as "no leader, retry", as if nothing had happened. Every kind maps back
+    /// to itself.
+    #[tokio::test]
+    async fn a_leaders_answer_keeps_its_kind_through_a_forwarding_member() {
+        for error in [
+            WriteError::TooLarge("big".into()),
+            WriteError::Invalid("bad".into()),
+            WriteError::NoLeader("election".into()),
+            WriteError::Unknown("timed out".into()),
+        ] {
+            let response = write_error_response(&error, None);
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            let back = error_from_leader("127.0.0.1:1", status, &body);
+            assert_eq!(back.kind(), error.kind(), "{error:?} came back as {back:?}");
+        }
+        let unknown = error_from_leader(
+            "x",
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"error":"outcome unknown"}"#,
+        );
+        assert!(matches!(unknown, WriteError::Unknown(_)), "{unknown:?}");
+        assert!(unknown.to_string().contains("may have been applied"));
     }
 }
