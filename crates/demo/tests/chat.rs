@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Proc, eventually, free_ports, http, wait_for_membership};
+use common::{Proc, WAIT, eventually, free_ports, http, wait_for_membership};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const DEMO: &str = env!("CARGO_BIN_EXE_rkv-demo");
@@ -129,27 +129,25 @@ async fn two_clients_on_different_replicas_see_every_message_once_in_one_order()
 
     // A raw connection: a greeting, then junk and an oversized line get notices, and
     // the connection still works.
-    let stream = tokio::net::TcpStream::connect(&chat[2])
+    let stream = within(tokio::net::TcpStream::connect(&chat[2]))
         .await
         .expect("connect");
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = String::new();
-    reader.read_line(&mut line).await.expect("greeting");
+    within(reader.read_line(&mut line)).await.expect("greeting");
     assert!(line.starts_with("! joined the room on node2"), "{line}");
     let mut junk = vec![b'x'; 100 * 1024];
     junk.push(b'\n');
-    write.write_all(&junk).await.expect("send");
-    write
-        .write_all(b"\xff\xfe raw bytes\n")
+    within(write.write_all(&junk)).await.expect("send");
+    within(write.write_all(b"\xff\xfe raw bytes\n"))
         .await
         .expect("send");
     line.clear();
-    reader.read_line(&mut line).await.expect("notice");
+    within(reader.read_line(&mut line)).await.expect("notice");
     assert!(line.starts_with("! error: a message is at most"), "{line}");
     let mut raw = Vec::new();
-    reader
-        .read_until(b'\n', &mut raw)
+    within(reader.read_until(b'\n', &mut raw))
         .await
         .expect("the raw message, committed");
     assert!(raw.ends_with(b"\xff\xfe raw bytes\n"), "{raw:?}");
@@ -198,4 +196,12 @@ async fn a_bad_client_config_is_refused_with_a_message() {
         "{}",
         usage.errors()
     );
+}
+
+/// `io`, or a panic if it takes longer than [`WAIT`]: a server that stops answering
+/// fails the test instead of hanging it.
+async fn within<T>(io: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, io)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {WAIT:?}"))
 }

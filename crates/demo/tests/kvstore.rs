@@ -1,13 +1,13 @@
 //! raft-demo kvstore and logger, black-box: the line protocol over TCP (followers
 //! forward writes, malformed lines get an error line and the connection stays usable),
 //! -logfolder, -cpuprofile/-memprofile written at SIGTERM, and the logger: a learner
-//! whose file equals the committed sequence of writes after the leader is SIGKILLed.
+//! whose file equals a voter's committed sequence after the leader is SIGKILLed.
 
 mod common;
 
 use std::path::Path;
 
-use common::{Proc, eventually, free_ports, http, status, wait_for_membership};
+use common::{Proc, WAIT, eventually, free_ports, http, status, wait_for_membership};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -37,9 +37,15 @@ impl LineClient {
     async fn ask(&mut self, request: &[u8]) -> String {
         let mut line = request.to_vec();
         line.push(b'\n');
-        self.writer.write_all(&line).await.expect("send");
+        tokio::time::timeout(WAIT, self.writer.write_all(&line))
+            .await
+            .expect("sent within the deadline")
+            .expect("send");
         let mut reply = String::new();
-        let read = self.reader.read_line(&mut reply).await.expect("reply");
+        let read = tokio::time::timeout(WAIT, self.reader.read_line(&mut reply))
+            .await
+            .unwrap_or_else(|_| panic!("no reply to {request:?} within {WAIT:?}"))
+            .expect("reply");
         assert!(
             read > 0,
             "the server closed the connection after {request:?}"
@@ -270,5 +276,52 @@ async fn the_logger_writes_the_committed_sequence_across_a_leader_crash() {
     let survivor = &nodes[writer_node].hjoin;
     let s = status(&client, survivor).await.expect("status");
     assert_eq!(s.voters.len(), 3, "{s:?}");
+
+    // The logger's file is exactly a voter's committed sequence: every command entry
+    // up to the last one it logged, at the same index, in the same order (leader
+    // crash, retries and all). The voter stops first, so its log can be read.
+    let text = std::fs::read_to_string(&log_file).expect("the logger's file");
+    let lines: Vec<&str> = text.lines().collect();
+    let last_logged = rkv_demo::logger::last_logged_index(&log_file);
+    procs[writer_node].terminate().await;
+    let committed = committed_commands(
+        &root.path().join(&nodes[writer_node].name).join("log"),
+        last_logged,
+    );
+    assert_eq!(
+        lines, committed,
+        "the logger's file against the voter's log"
+    );
     drop(procs);
+}
+
+/// Each command entry of the log in `dir` up to `last` (all committed: the logger had
+/// applied them), as the logger writes it: `INDEX TEXT`.
+fn committed_commands(dir: &Path, last: u64) -> Vec<String> {
+    use rkv_log::{FileLog, FileLogOptions, LogStore};
+    use rkv_raft::{Index, Payload};
+    let (log, _, _) = FileLog::open_dir(dir, FileLogOptions::default()).expect("the voter's log");
+    assert_eq!(log.first_index(), Index(1), "no snapshot compacted the log");
+    assert!(
+        log.last_index().0 >= last,
+        "the voter has every logged entry"
+    );
+    let mut lines = Vec::new();
+    let mut from = log.first_index();
+    while from.0 <= last {
+        let entries = log
+            .entries(from, Index(last + 1), 1 << 20)
+            .expect("entries");
+        for entry in &entries {
+            if let Payload::Command(command) = &entry.payload {
+                lines.push(format!(
+                    "{} {}",
+                    entry.index.0,
+                    rkv_demo::logger::describe(command)
+                ));
+            }
+            from = entry.index.next();
+        }
+    }
+    lines
 }
