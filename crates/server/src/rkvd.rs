@@ -75,7 +75,10 @@ fn engine_config(flags: &Flags, data_dir: PathBuf) -> EngineConfig {
 }
 
 /// Runs rkvd with `flags` until interrupted (Ctrl-C), then lets the node task finish.
+/// Flags that do not fit together (an `-id` that is no position in `-servers`, ...) are
+/// an error, whether or not the caller validated them.
 pub async fn run(flags: Flags) -> Result<(), String> {
+    flags.validate().map_err(|e| e.to_string())?;
     let id = NodeId(flags.id);
     let data_dir = flags
         .data_dir
@@ -117,7 +120,10 @@ pub async fn run(flags: Flags) -> Result<(), String> {
             dialable(peer_address(server, flags.peer_port_offset)?),
         );
     }
-    let own_server = &flags.servers[usize::try_from(flags.id - 1).map_err(|e| e.to_string())?];
+    let own_server = usize::try_from(flags.id)
+        .ok()
+        .and_then(|id| flags.servers.get(id.checked_sub(1)?))
+        .ok_or_else(|| format!("-id {} is not a position in -servers", flags.id))?;
     let client_address = resolve(own_server).map_err(|e| e.to_string())?;
     let peer_listen = peer_address(own_server, flags.peer_port_offset)?;
 
@@ -188,4 +194,30 @@ pub async fn run(flags: Flags) -> Result<(), String> {
     drop(engine);
     node::wait_stopped(observed, std::time::Duration::from_secs(5)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `run` indexed `-servers` with `-id` and relied on its caller to have
+    /// validated the flags; called directly with a bad `-id` it panicked.
+    #[tokio::test]
+    async fn run_refuses_an_id_outside_the_servers_without_panicking() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args = [
+            "rkvd",
+            "-id",
+            "5",
+            "-servers",
+            ":1,:2,:3",
+            "-cluster",
+            "1,2,3",
+            "-data-dir",
+            dir.path().to_str().expect("utf-8"),
+        ];
+        let flags = Flags::parse_go_style(args.iter().map(|a| a.to_string())).expect("parses");
+        let refused = run(flags).await.expect_err("refused");
+        assert!(refused.contains("-id 5"), "{refused}");
+    }
 }
