@@ -424,7 +424,13 @@ impl Replica {
                     )));
                 }
                 if spec.join.is_some() {
-                    tracing::info!("this node already belongs to a cluster: -join is ignored");
+                    // On stderr whatever the log level: the operator asked for a join.
+                    eprintln!(
+                        "{}: {} already belongs to a cluster: -join is ignored",
+                        spec.name,
+                        spec.data_dir.display()
+                    );
+                    tracing::debug!("this node already belongs to a cluster: -join is ignored");
                 }
                 (stored.cluster_id, BTreeMap::new(), None, StartKind::Resumed)
             }

@@ -191,6 +191,16 @@ async fn the_readme_session_works_with_forwarding_errors_and_restarts() {
     ];
     let after = wait_for_membership(&client, &nodes[1].haddr, 3, 0).await;
     assert!(after.leader.is_some());
+    // The operator is told, on stderr, that the -join it gave was not used.
+    eventually("node1 says -join is ignored", async || {
+        let errors = procs[1].errors();
+        if errors.contains("-join is ignored") {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    })
+    .await;
     let value = eventually("the data survives the restart", async || {
         match call(&client, Method::GET, &nodes[2].haddr, "/key/user2", "").await {
             Ok((StatusCode::OK, body)) => Ok(body),
