@@ -20,7 +20,8 @@
 //! forwards the request once to the leader's client address; the leader runs
 //! `rkv_server::membership` (record the address, add a learner) and answers with the
 //! cluster id and the address book. The new server then starts its node with them. The
-//! leader's steward promotes it once caught up if its role is `voter`.
+//! leader's steward promotes it once caught up if its role is `voter`. A resumed node
+//! whose addresses changed sends its join again (same incarnation), which records them.
 //!
 //! # Forwarded writes
 //! A follower proposes nothing: it sends the encoded command to the leader's
@@ -508,6 +509,9 @@ impl Replica {
         if start == StartKind::Joined {
             bind_identity()?;
         }
+        if start == StartKind::Resumed {
+            tokio::spawn(readvertise(started.node.clone(), own.clone(), http.clone()));
+        }
         spawn_steward(started.node.clone(), Some(own));
         Ok(Arc::new(Replica {
             name: spec.name,
@@ -585,6 +589,78 @@ impl Replica {
             Ok(Ok(value)) => Ok(value),
         }
     }
+}
+
+/// How often a resumed node checks that the cluster has its current addresses.
+const READVERTISE_PERIOD: Duration = Duration::from_millis(500);
+
+/// Makes sure the cluster reaches a resumed node at its current addresses: while the
+/// book's record of this node differs from `own` (it restarted with another `-raft` or
+/// HTTP address), it sends its join again, as the same incarnation, to the leader or any
+/// member (they forward it), which records the new addresses. A leader updates its own
+/// record itself (the steward). Gives up after [`JOIN_PATIENCE`], or when the book does
+/// not know this node at all.
+async fn readvertise(node: Node, own: PeerRecord, http: HttpClient) {
+    let Some(book) = node.book.clone() else {
+        return;
+    };
+    let id = node.engine.id();
+    let request = JoinRequest {
+        id: own.name.clone(),
+        addr: own.peer_address.clone(),
+        client_addr: own.client_address.clone(),
+        role: Some(role_name(own.role).into()),
+        incarnation: own.incarnation,
+    };
+    let deadline = Instant::now() + JOIN_PATIENCE;
+    let mut every = tokio::time::interval(READVERTISE_PERIOD);
+    while Instant::now() < deadline {
+        every.tick().await;
+        let observed = node.engine.observed();
+        if observed.stopped.is_some() {
+            return;
+        }
+        let records = book.all();
+        match records.get(&id.0) {
+            None => return,
+            Some(recorded) if *recorded == own => return,
+            Some(_) if observed.leader == Some(id) => continue,
+            Some(_) => {}
+        }
+        let leader = observed.leader.and_then(|l| Some((l, node.address_of(l)?)));
+        let members = records
+            .iter()
+            .filter(|(other, r)| **other != id.0 && !r.client_address.is_empty())
+            .map(|(other, r)| (NodeId(*other), r.client_address.clone()));
+        let body = match serde_json::to_vec(&request) {
+            Ok(body) => Bytes::from(body),
+            Err(_) => return,
+        };
+        for (target, address) in leader.into_iter().chain(members) {
+            let (cluster, target) = member_headers(node.cluster_id, target);
+            let answer = http
+                .call(
+                    Method::POST,
+                    &address,
+                    "/join",
+                    &[(CLUSTER_HEADER, &cluster), (TARGET_HEADER, &target)],
+                    body.clone(),
+                )
+                .await;
+            match answer {
+                Ok((status, _)) if status.is_success() => {
+                    tracing::info!(%address, "the cluster has this node's new addresses");
+                    break;
+                }
+                Ok((status, answer)) => tracing::debug!(
+                    %address, %status, answer = %String::from_utf8_lossy(&answer),
+                    "re-advertising this node's addresses: not yet"
+                ),
+                Err(e) => tracing::debug!(%address, error = %e, "re-advertising: no answer"),
+            }
+        }
+    }
+    tracing::warn!("the cluster still has old addresses for this node");
 }
 
 /// The values of [`CLUSTER_HEADER`] and [`TARGET_HEADER`] for a call to `target`.

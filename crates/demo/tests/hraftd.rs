@@ -369,3 +369,65 @@ async fn internal_calls_from_another_cluster_or_with_other_commands_are_refused(
         String::from_utf8_lossy(&body)
     );
 }
+
+/// Regression: a node restarted from its directory with a new Raft address was never
+/// re-advertised: the others kept dialling the old one and it received nothing more.
+/// It now sends its join again (same incarnation), and the cluster records the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_at_a_new_address_is_reached_there() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let ports = free_ports(7, 0);
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node {
+            name: format!("node{i}"),
+            haddr: format!("127.0.0.1:{}", ports[i]),
+            raddr: format!("127.0.0.1:{}", ports[i + 3]),
+            dir: root.path().join(format!("node{i}")).display().to_string(),
+        })
+        .collect();
+    let client = http();
+    let mut procs = vec![start(&nodes[0], None, root.path())];
+    wait_for_membership(&client, &nodes[0].haddr, 1, 0).await;
+    procs.push(start(&nodes[1], Some(&nodes[0].haddr), root.path()));
+    wait_for_membership(&client, &nodes[0].haddr, 2, 0).await;
+    procs.push(start(&nodes[2], Some(&nodes[0].haddr), root.path()));
+    wait_for_membership(&client, &nodes[0].haddr, 3, 0).await;
+
+    // node2 stops and comes back from its directory with another Raft address.
+    procs[2].terminate().await;
+    nodes[2].raddr = format!("127.0.0.1:{}", ports[6]);
+    procs[2] = start(&nodes[2], None, root.path());
+    let written = eventually("a write commits", async || {
+        match call(
+            &client,
+            Method::POST,
+            &nodes[0].haddr,
+            "/key",
+            r#"{"moved": "yes"}"#,
+        )
+        .await
+        {
+            Ok((StatusCode::OK, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    written.await;
+    // It receives the log at its new address: a stale read there sees the write.
+    eventually(
+        "node2 applies the write at its new address",
+        async || match call(
+            &client,
+            Method::GET,
+            &nodes[2].haddr,
+            "/key/moved?level=stale",
+            "",
+        )
+        .await
+        {
+            Ok((StatusCode::OK, body)) if body.contains("yes") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    drop(procs);
+}

@@ -21,7 +21,8 @@
 //!    send, and it must present the right cluster id in its handshake).
 //!
 //! A join that is repeated by the same incarnation (a retry, or a restarted server with
-//! a new address) only updates the record. A follower answers [`JoinError::NotLeader`] with the leader's id
+//! a new address, which sends one on its own) only updates the record; the leader dials
+//! a member's new address at once, before the record commits. A follower answers [`JoinError::NotLeader`] with the leader's id
 //! and client address, so front ends forward the request there.
 //!
 //! # Promotion
@@ -241,6 +242,11 @@ impl Node {
             _ => {}
         }
         if book.get(&node_id.0) != Some(&record) {
+            if is_member && let Some(peers) = &self.book {
+                // A member that moved (same incarnation, new address): the entry that
+                // records the move may need its acknowledgement to commit.
+                peers.dial(node_id.0, &record);
+            }
             self.set_peer(node_id, &record).await?;
         }
         if !is_member {

@@ -126,6 +126,14 @@ impl PeerBook {
         }
     }
 
+    /// Tells the transport to reach server `node_id` at `record`'s peer address now,
+    /// without recording it (the record comes when its `SetPeer` applies). A leader
+    /// does this for a member that moved: the entry recording the move may need that
+    /// member's acknowledgement to commit.
+    pub fn dial(&self, node_id: u64, record: &PeerRecord) {
+        self.tell_transport(node_id, record);
+    }
+
     /// Server `node_id`'s record, if known.
     pub fn get(&self, node_id: NodeId) -> Option<PeerRecord> {
         self.records.lock().ok()?.get(&node_id.0).cloned()
