@@ -754,9 +754,19 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             applied: self.applied,
             stopped: self.stopped.clone(),
         };
+        let id = self.raft.id();
         self.observed.send_if_modified(|current| {
             if *current == observed {
                 return false;
+            }
+            // Role and leader changes are what an operator reads a log for.
+            if (current.role, current.term, current.leader)
+                != (observed.role, observed.term, observed.leader)
+            {
+                tracing::info!(
+                    node = %id, role = ?observed.role, term = observed.term.0,
+                    leader = ?observed.leader.map(|l| l.0), "raft state changed"
+                );
             }
             *current = observed;
             true

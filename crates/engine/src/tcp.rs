@@ -34,6 +34,14 @@ const PEER_QUEUE_MESSAGES: usize = 8192;
 const FRAME_MESSAGES_MAX: usize = 1024;
 /// Longest wait for a peer's HELLO.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest sent data may stay unacknowledged before a peer connection is given up.
+const UNACKED_MAX: Duration = Duration::from_secs(1);
+/// Idle time before keepalive probes start on an accepted peer connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+/// Time between keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Unanswered keepalive probes before an accepted peer connection is closed.
+const KEEPALIVE_RETRIES: u32 = 3;
 /// Longest a connection attempt to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest a frame may take to write before the connection is given up.
@@ -117,6 +125,13 @@ impl TcpTransport {
                 return;
             }
             let _ = stream.set_nodelay(true);
+            // A dialer that vanished (a partition, a killed host) must not leave this
+            // reader waiting forever: keepalive probes close the connection.
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(KEEPALIVE_IDLE)
+                .with_interval(KEEPALIVE_INTERVAL)
+                .with_retries(KEEPALIVE_RETRIES);
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
             let (cluster_id, local, inbox, stats) = (
                 self.cluster_id,
                 self.local,
@@ -387,6 +402,10 @@ async fn send_over(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out"))??;
     stream.set_nodelay(true)?;
+    // Sent data unacknowledged this long means the link is down: the kernel closes the
+    // connection, and we redial. Without it, a connection that lived through a partition
+    // waits out TCP's exponential retransmission back-off (seconds) after the heal.
+    socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(UNACKED_MAX))?;
     let (read, mut write) = stream.into_split();
     let mut reader = FrameReader {
         stream: read,
