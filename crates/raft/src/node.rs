@@ -453,7 +453,11 @@ impl RaftNode {
                     return Err(MembershipError::NotMember(id));
                 }
                 let match_index = leader.progress.get(&id).map_or(Index(0), |p| p.match_index);
-                if match_index.0 + self.config.promote_lag_entries_max < last_index.0 {
+                // A learner that never acknowledged anything may not even run: as a voter
+                // it could cost the cluster its quorum, however short the log still is.
+                if match_index == Index(0)
+                    || match_index.0 + self.config.promote_lag_entries_max < last_index.0
+                {
                     return Err(MembershipError::NotCaughtUp {
                         node: id,
                         match_index,

@@ -56,6 +56,28 @@ fn s4_1_learner_acknowledgements_do_not_count_toward_commit() {
     assert_eq!(node.commit_index(), i(1));
 }
 
+/// §4.2.1: a learner that never acknowledged anything is not caught up, even when the
+/// log is shorter than `promote_lag_entries_max`: it may not even be running, and as a
+/// voter it would count toward every quorum.
+#[test]
+fn s4_2_1_a_learner_that_never_answered_is_not_promoted_in_a_young_cluster() {
+    let mut node = leader_with_learner(1024);
+    let promote = MembershipChange::Promote(n(4));
+    assert_eq!(
+        node.change_membership(promote),
+        Err(MembershipError::NotCaughtUp {
+            node: n(4),
+            match_index: i(0),
+            last_index: i(1)
+        })
+    );
+    assert_eq!(node.take_actions(), vec![]);
+    node.step(msg(4, 1, 1, ack(1)));
+    node.take_actions();
+    assert_eq!(node.change_membership(promote), Ok(i(2)));
+    assert_eq!(node.membership(), &membership(&[1, 2, 3, 4], &[]));
+}
+
 /// §4.2.1 via `promote_lag_entries_max`: a learner is promoted only once it has caught up.
 #[test]
 fn s4_2_1_promote_is_refused_while_the_learner_lags_and_accepted_once_caught_up() {
