@@ -3,37 +3,20 @@
 //! the leader's address, learners meant to vote are promoted once caught up, and the
 //! newcomers apply what the cluster writes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use common::{WAIT, eventually};
 use rkv_engine::{EngineConfig, ReadLevel};
 use rkv_kv::{PeerRecord, PeerRole, WriteOp};
 use rkv_raft::{Membership, NodeId};
 use rkv_server::membership::{JoinError, Joined, node_id_for, spawn_steward};
 use rkv_server::node::{self, NodeSpec, Started};
 use rkv_server::peers::dialable;
-
-const WAIT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(20);
-
-/// Tries `attempt` every [`POLL`] until it succeeds or [`WAIT`] passes.
-async fn eventually<T, E: std::fmt::Debug>(
-    what: &str,
-    mut attempt: impl AsyncFnMut() -> Result<T, E>,
-) -> T {
-    let deadline = Instant::now() + WAIT;
-    let mut every = tokio::time::interval(POLL);
-    loop {
-        every.tick().await;
-        match attempt().await {
-            Ok(value) => return value,
-            Err(e) if Instant::now() >= deadline => panic!("{what}: not within {WAIT:?}: {e:?}"),
-            Err(_) => {}
-        }
-    }
-}
 
 /// `count` distinct free loopback addresses (held together while picked, so that the
 /// kernel cannot hand out one port twice).

@@ -31,7 +31,9 @@ pub fn eventually<T, E>(mut attempt: impl FnMut() -> Result<T, E>) -> Result<T, 
         match attempt() {
             Ok(value) => return Ok(value),
             Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(POLL), // the poll interval: see the doc above
+            // Not synchronisation by sleeping: the pause between two polls of a real
+            // process, within the deadline above (a process cannot signal us).
+            Err(_) => std::thread::sleep(POLL),
         }
     }
 }
