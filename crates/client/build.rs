@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Keys and values as `bytes::Bytes`: a client's value is shared, not copied, by
         // every request it sends.
         .bytes(".etcdserverpb")
+        // Small per-call buffers instead of tonic's 8 KiB (see rkv_wire::codec).
+        .codec_path("rkv_wire::codec::SmallBufferCodec")
         .compile_with_config(config, &["proto/etcdserverpb/kv.proto"], &["proto"])?;
     Ok(())
 }

@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Keys and values of rkv.v1 as `bytes::Bytes`: shared, not copied, on their way
         // to and from the state machine.
         .bytes(".rkv.v1")
+        // Small per-call buffers instead of tonic's 8 KiB (see rkv_wire::codec).
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_with_config(
             config,
             &[

@@ -494,3 +494,25 @@ async fn an_oversized_request_is_refused_and_the_server_keeps_serving() {
         Some("ok".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_far_larger_than_the_codec_buffers_round_trip() {
+    // The gRPC codec starts every call with a small buffer (rkv_wire::codec); a value
+    // thousands of times its size must still arrive whole, both ways.
+    let cluster = Cluster::start_with(3, 3, &["-servermetrics=false"]);
+    let value: String = (0..1_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    put_on_leader(&cluster, "large", &value).await;
+    let leader = cluster.leader().await;
+    let read = get(&cluster, leader, "large", Consistency::Linearizable)
+        .await
+        .expect("read back");
+    assert_eq!(read.map(|v| v.len()), Some(value.len()));
+    assert_eq!(
+        get(&cluster, leader, "large", Consistency::Linearizable)
+            .await
+            .expect("read back"),
+        Some(value)
+    );
+}
