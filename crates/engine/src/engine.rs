@@ -403,8 +403,8 @@ struct Node<S: StateMachine, T: Transport> {
     stopped: Option<String>,
 }
 
-/// Inputs handled before the node looks at its other queues again: keeps one busy queue
-/// from starving the rest while still batching work between flushes.
+/// Inputs of one kind handled in one turn: keeps one busy queue from starving the rest
+/// while still batching work between flushes.
 const BATCH_INPUTS_MAX: usize = 1024;
 /// How often (in ticks) a leader records its followers' lag.
 const PEER_METRICS_TICKS: u64 = 50;
@@ -432,34 +432,60 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                         self.record_peer_lag();
                     }
                 }
-                Some(event) = log_events.recv() => {
-                    self.on_log_event(event);
-                    while let Ok(event) = log_events.try_recv() {
-                        self.on_log_event(event);
-                    }
-                }
-                Some(messages) = peers.recv() => {
-                    self.on_peer_messages(messages);
-                    for _ in 0..BATCH_INPUTS_MAX {
-                        let Ok(messages) = peers.try_recv() else { break };
-                        self.on_peer_messages(messages);
-                    }
-                }
+                Some(event) = log_events.recv() => self.on_log_event(event),
+                Some(messages) = peers.recv() => self.on_peer_messages(messages),
                 input = inbox.recv() => {
                     let Some(input) = input else { break };
                     self.on_input(input);
-                    for _ in 0..BATCH_INPUTS_MAX {
-                        let Ok(input) = inbox.try_recv() else { break };
-                        self.on_input(input);
-                    }
                 }
                 Some((meta, data)) = self.encoded.1.recv() => self.on_snapshot_encoded(meta, data),
+            }
+            // With several client requests in flight, whatever woke this turn often
+            // woke other tasks too (the gRPC calls that arrived in the same read, the
+            // other follower's answer): let them queue their inputs, so that one turn,
+            // one log append and one message per peer cover them all. With one request
+            // or none there is nothing to wait for, and the trip through the scheduler
+            // would only add latency.
+            if self.proposals.len() + self.reads.len() > 1 {
+                tokio::task::yield_now().await;
+            }
+            if !self.drain(&mut log_events, &mut peers, &mut inbox) {
+                break;
             }
             let actions = self.raft.take_actions();
             self.perform(actions);
             self.publish();
         }
         self.shutdown();
+    }
+
+    /// Handles what is already queued, at most [`BATCH_INPUTS_MAX`] of each kind (so that
+    /// one busy queue cannot starve the others between flushes). False once every handle
+    /// is gone.
+    fn drain(
+        &mut self,
+        log_events: &mut mpsc::Receiver<WriterEvent>,
+        peers: &mut mpsc::Receiver<Vec<Message>>,
+        inbox: &mut mpsc::Receiver<Input<S>>,
+    ) -> bool {
+        // Durability first: it is what most waiting work depends on.
+        while let Ok(event) = log_events.try_recv() {
+            self.on_log_event(event);
+        }
+        for _ in 0..BATCH_INPUTS_MAX {
+            let Ok(messages) = peers.try_recv() else {
+                break;
+            };
+            self.on_peer_messages(messages);
+        }
+        for _ in 0..BATCH_INPUTS_MAX {
+            match inbox.try_recv() {
+                Ok(input) => self.on_input(input),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
     }
 
     fn on_peer_messages(&mut self, messages: Vec<Message>) {
