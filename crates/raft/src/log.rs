@@ -129,14 +129,19 @@ impl RaftLog {
         }
     }
 
-    /// Drops entries up to and including `meta.index`, which a snapshot now covers.
-    pub fn compact(&mut self, meta: SnapshotMeta) {
+    /// Removes the entries up to and including `meta.index`, which a snapshot now covers,
+    /// and returns them.
+    pub fn compact(&mut self, meta: SnapshotMeta) -> VecDeque<Entry> {
         let drop = usize::try_from(meta.index.0.saturating_sub(self.snapshot.index.0))
             .unwrap_or(usize::MAX)
             .min(self.entries.len());
-        self.entries.drain(..drop);
+        // Split rather than drain: only the few entries after the snapshot are moved,
+        // and the compacted ones go back to the caller whole.
+        let kept = self.entries.split_off(drop);
+        let compacted = std::mem::replace(&mut self.entries, kept);
         self.configs.retain(|(i, _)| *i > meta.index);
         self.snapshot = meta;
+        compacted
     }
 
     /// Replaces the whole log by a snapshot received from the leader.

@@ -71,6 +71,17 @@ fn s7_snapshot_taken_compacts_the_log_and_emits_compact_log() {
     assert_eq!(node.last_index(), i(4));
 }
 
+/// The compacted entries go back to the driver (to be freed off its event loop), once.
+#[test]
+fn s7_the_driver_takes_the_compacted_entries_once() {
+    let mut node = leader_with_applied_entries(4);
+    assert_eq!(node.snapshot_taken(i(3), bytes(DATA)), Ok(()));
+    let compacted: Vec<u64> = node.take_compacted().iter().map(|e| e.index.0).collect();
+    assert_eq!(compacted, vec![1, 2, 3]);
+    assert!(node.take_compacted().is_empty(), "handed over once");
+    assert_eq!(node.entry(i(4)), Some(&cmd(4, 1, "c")), "the rest stays");
+}
+
 /// `snapshot_taken` contract: a snapshot that is not newer, or that covers entries not
 /// yet applied, is refused and changes nothing.
 #[test]
