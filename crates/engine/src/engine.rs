@@ -52,7 +52,7 @@ pub struct EngineConfig {
     pub cache_entries: usize,
     /// Take a snapshot (and compact the log) at least every this many applied entries.
     /// Where in that run a node takes it depends on its id, so that the nodes of a
-    /// cluster take theirs at different moments (see [`snapshot_phase`]).
+    /// cluster take theirs at different moments and a quorum keeps committing.
     pub snapshot_entries: u64,
     /// The founding voters, used only if the data directory holds no state yet. `None`
     /// starts a node that waits to be added to an existing cluster.
@@ -377,7 +377,7 @@ fn seed_for(id: NodeId) -> u64 {
 /// would by counting alone, commits would stall with them: at 256 clients that was
 /// a 50-90 ms p99.9. Spread by the golden ratio, the phases of any few ids are far
 /// apart (ids 1, 2, 3: 0.62, 0.24 and 0.85 of the way), so a quorum is always writing.
-pub fn snapshot_phase(id: NodeId, every: u64) -> u64 {
+pub(crate) fn snapshot_phase(id: NodeId, every: u64) -> u64 {
     // The fractional part of id * 0.618..., as a 32-bit fraction.
     let fraction = id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
     u64::try_from((u128::from(fraction) * u128::from(every)) >> 32).unwrap_or(0)
