@@ -17,8 +17,8 @@
 //! and come back as "persisted" reports, messages to followers leave while the leader's
 //! own fsync runs, and a snapshot is durable before the core is told about it.
 //!
-//! Throughput comes from batching in every stage: with several requests in flight the
-//! node task lets the other tasks run once before it flushes, so that one turn makes
+//! Throughput comes from batching in every stage: when more than one request is in
+//! flight the node task lets the other tasks run once before it flushes, so that one turn makes
 //! one log append and one message per peer for all the requests that arrived together;
 //! the writer thread group-commits whatever queued during the previous fsync; the peer
 //! transport puts whatever queued during the last write into one frame. Snapshots fall

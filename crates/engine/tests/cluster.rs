@@ -302,12 +302,12 @@ async fn the_cache_bound_compacts_the_entries_kept_in_memory() {
     let engine = cluster.engine(NodeId(1));
     // Snapshots fall at a per-node phase of each run of 1,000 entries; whatever the
     // phase, no more than 1,000 entries stay in memory after the latest one.
-    let status = tokio::time::timeout(WAIT, async {
+    tokio::time::timeout(WAIT, async {
         loop {
             let status = engine.status().await.expect("status");
             let in_memory = status.last_index.0 - status.snapshot_index.0;
             if status.snapshot_index.0 > 0 && in_memory <= 1000 {
-                return status;
+                return;
             }
             let mut watch = engine.watch();
             let _ = tokio::time::timeout(Duration::from_millis(50), watch.changed()).await;
@@ -315,7 +315,6 @@ async fn the_cache_bound_compacts_the_entries_kept_in_memory() {
     })
     .await
     .expect("a snapshot keeps at most 1,000 entries in memory");
-    assert!(status.last_index.0 >= 1100, "{status:?}");
     assert_eq!(
         engine.read(ReadLevel::Linearizable, get("k7")).await,
         Ok(Some("v".to_string()))

@@ -37,7 +37,10 @@
 //! 4. [`Action::Apply`]: apply the committed entries to the state machine, in order.
 //! 5. [`Action::InstallSnapshot`]: make the snapshot durable, replace the state machine
 //!    and the whole log with it, then call [`RaftNode::snapshot_installed`].
-//! 6. [`Action::CompactLog`]: the log up to that index may be deleted.
+//! 6. [`Action::CompactLog`]: the log up to that index may be deleted. The core's own
+//!    copies of those entries (and of a log an installed snapshot replaced) wait in
+//!    [`RaftNode::take_compacted`], for a driver that would rather free them off its
+//!    event loop.
 //! 7. [`Action::ReadReady`]: answer the read once the state machine has applied the
 //!    given index. [`Action::ReadFailed`]: answer it with the error.
 //!

@@ -144,15 +144,17 @@ impl RaftLog {
         compacted
     }
 
-    /// Replaces the whole log by a snapshot received from the leader.
-    pub fn reset_to(&mut self, meta: SnapshotMeta) {
-        self.entries.clear();
+    /// Replaces the whole log by a snapshot received from the leader; returns the entries
+    /// it held.
+    pub fn reset_to(&mut self, meta: SnapshotMeta) -> VecDeque<Entry> {
+        let dropped = std::mem::take(&mut self.entries);
         self.configs.clear();
         self.commit = meta.index;
         self.applied = meta.index;
         self.persisted = meta.index;
         self.unemitted_from = meta.index.next();
         self.snapshot = meta;
+        dropped
     }
 
     /// The membership in force: the latest one in the log, committed or not.

@@ -568,10 +568,11 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Takes the entries that [`RaftNode::snapshot_taken`] compacted away. Freeing a
-    /// hundred thousand entries one by one takes milliseconds: a driver with a thread
-    /// to spare drops them there instead of on its event loop. Not calling this is
-    /// fine: they are dropped at the next snapshot.
+    /// Takes the entries that the latest snapshot replaced: compacted by
+    /// [`RaftNode::snapshot_taken`], or dropped for an installed snapshot (see the
+    /// ordering contract, step 6). Freeing a hundred thousand entries one by one takes
+    /// milliseconds: a driver with a thread to spare drops them there instead of on its
+    /// event loop. Not calling this is fine: they are dropped at the next snapshot.
     pub fn take_compacted(&mut self) -> VecDeque<Entry> {
         std::mem::take(&mut self.compacted)
     }
@@ -1748,7 +1749,7 @@ impl RaftNode {
             return;
         };
         self.emit_log_writes();
-        self.log.reset_to(incoming.meta.clone());
+        self.compacted = self.log.reset_to(incoming.meta.clone());
         self.verified_index = incoming.meta.index;
         self.acked_index = incoming.meta.index;
         self.installing_snapshot = Some(incoming.meta.index);

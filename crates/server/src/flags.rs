@@ -125,8 +125,8 @@ pub struct Flags {
     /// Batch proposals into one log append and one message.
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub batch: bool,
-    /// How many log entries are kept in memory: past this many since the last snapshot
-    /// (at least 1000), a snapshot compacts them.
+    /// At most how many log entries are kept in memory (at least 1000): a snapshot
+    /// compacts them before more than this pile up since the last one.
     #[arg(long, default_value_t = 67_108_864)]
     pub cache: u64,
     /// A lagging follower gets entriespermsg x this many entries per message.
