@@ -1,7 +1,9 @@
+# shellcheck shell=bash
 # Shell helpers shared by bench/compare and bench/ab (sourced, not run): starting a
 # loopback rkvd cluster on free ports, CPU accounting from /proc, and stopping only the
 # processes the script started, by pid. The sourcing script defines log(), $bin (where
-# rkvctl is), $pids (an array) and optionally $rkvd (which rkvd binary to start).
+# rkvctl is) and $pids (an array); start_rkv takes the rkvd binary to start as an
+# optional second argument (default: $bin/rkvd).
 
 # Whether process $1 still runs (a zombie does not).
 alive() {
@@ -72,14 +74,15 @@ cpu_ticks() {
   done
 }
 
-# Starts a 3-node rkvd cluster in $1; sets cluster (rkvctl's -cluster) and pids.
+# Starts a 3-node cluster of rkvd $2 (default $bin/rkvd) in $1; sets cluster (rkvctl's
+# -cluster) and pids.
 start_rkv() {
-  local dir=$1 base id
-  base=$(free_base)
+  local dir=$1 rkvd=${2:-$bin/rkvd} base id
+  base=$(free_base) || return 1
   cluster="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
   mkdir -p "$dir"
   for id in 1 2 3; do
-    "${rkvd:-$bin/rkvd}" -id "$id" -servers "$cluster" -cluster 1,2,3 -data-dir "$dir/data-$id" \
+    "$rkvd" -id "$id" -servers "$cluster" -cluster 1,2,3 -data-dir "$dir/data-$id" \
       -servermetrics=false -quiet >"$dir/rkvd-$id.log" 2>&1 &
     pids+=("$!")
   done

@@ -255,6 +255,14 @@ mod tests {
     use super::pb::{KeyValue, PutResponse, RangeResponse};
     use super::*;
 
+    /// The etcd client uses rkv's codec too, so that both systems see the same client.
+    #[test]
+    fn the_etcd_client_uses_the_same_codec_as_rkvs() {
+        let generated = include_str!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+        assert!(generated.contains("rkv_wire::codec::SmallBufferCodec::default()"));
+        assert!(!generated.contains("ProstCodec"));
+    }
+
     /// A stand-in etcd: an in-memory map behind the same KV service, which answers
     /// `UNAVAILABLE` ("no leader") to the first `unavailable_first` calls.
     #[derive(Default)]

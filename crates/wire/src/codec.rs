@@ -50,3 +50,19 @@ where
         ProstCodec::<T, U>::raw_decoder(settings())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The build scripts name this codec through `codec_path`: every generated method
+    /// uses it, none tonic's default with its 8 KiB buffers.
+    #[test]
+    fn the_generated_services_use_the_small_buffer_codec() {
+        for generated in [
+            include_str!(concat!(env!("OUT_DIR"), "/rkv.v1.rs")),
+            include_str!(concat!(env!("OUT_DIR"), "/rkvpb.rs")),
+        ] {
+            assert!(generated.contains("crate::codec::SmallBufferCodec::default()"));
+            assert!(!generated.contains("ProstCodec"));
+        }
+    }
+}
