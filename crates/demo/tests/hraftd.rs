@@ -17,6 +17,18 @@ struct Node {
     dir: String,
 }
 
+/// node0..node2 in directories under `root`: HTTP on `ports[0..3]`, Raft on `ports[3..6]`.
+fn three_nodes(root: &std::path::Path, ports: &[u16]) -> Vec<Node> {
+    (0..3)
+        .map(|i| Node {
+            name: format!("node{i}"),
+            haddr: format!("127.0.0.1:{}", ports[i]),
+            raddr: format!("127.0.0.1:{}", ports[i + 3]),
+            dir: root.join(format!("node{i}")).display().to_string(),
+        })
+        .collect()
+}
+
 fn start(node: &Node, join: Option<&str>, root: &std::path::Path) -> Proc {
     let mut args = vec![
         "-id",
@@ -37,14 +49,7 @@ fn start(node: &Node, join: Option<&str>, root: &std::path::Path) -> Proc {
 async fn the_readme_session_works_with_forwarding_errors_and_restarts() {
     let root = tempfile::tempdir().expect("temp dir");
     let ports = free_ports(6, 0);
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| Node {
-            name: format!("node{i}"),
-            haddr: format!("127.0.0.1:{}", ports[i]),
-            raddr: format!("127.0.0.1:{}", ports[i + 3]),
-            dir: root.path().join(format!("node{i}")).display().to_string(),
-        })
-        .collect();
+    let nodes = three_nodes(root.path(), &ports);
     let client = http();
     // hraftd -id node0 ~/node0; then node1 joins through node0, node2 through node1
     // (a follower: the join is forwarded to the leader).
@@ -377,14 +382,7 @@ async fn internal_calls_from_another_cluster_or_with_other_commands_are_refused(
 async fn a_node_restarted_at_a_new_address_is_reached_there() {
     let root = tempfile::tempdir().expect("temp dir");
     let ports = free_ports(7, 0);
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| Node {
-            name: format!("node{i}"),
-            haddr: format!("127.0.0.1:{}", ports[i]),
-            raddr: format!("127.0.0.1:{}", ports[i + 3]),
-            dir: root.path().join(format!("node{i}")).display().to_string(),
-        })
-        .collect();
+    let mut nodes = three_nodes(root.path(), &ports);
     let client = http();
     let mut procs = vec![start(&nodes[0], None, root.path())];
     wait_for_membership(&client, &nodes[0].haddr, 1, 0).await;

@@ -197,17 +197,9 @@ impl Node {
         record
             .validate()
             .map_err(|e| JoinError::Invalid(e.to_string()))?;
-        if self.engine.observed().role != Role::Leader {
-            return Err(self.join_error(EngineError::NotLeader {
-                leader_hint: self.engine.observed().leader,
-            }));
-        }
         // One join at a time on this node: two joins of one id (a retry racing the
         // original, or two processes with one name) cannot both pass the checks below.
-        let _one_at_a_time = JOINS
-            .acquire()
-            .await
-            .map_err(|_| JoinError::Unavailable("the node is stopping".into()))?;
+        let _one_at_a_time = self.leader_turn().await?;
         let book = self.peers().await.map_err(|e| self.join_error(e))?;
         if !book.contains_key(&self.engine.id().0) {
             // The new server must be able to answer this leader: without the leader's
@@ -250,20 +242,15 @@ impl Node {
             self.set_peer(node_id, &record).await?;
         }
         if !is_member {
-            let change = self
-                .engine
-                .change_membership(MembershipChange::AddLearner(node_id));
-            match tokio::time::timeout(PROPOSAL_TIMEOUT, change).await {
-                Err(_) => {
-                    return Err(JoinError::Unknown(format!(
-                        "the membership change was not applied within {PROPOSAL_TIMEOUT:?}"
-                    )));
-                }
+            match self
+                .change_members(MembershipChange::AddLearner(node_id))
+                .await?
+            {
                 // Another join of this very server (a retry racing the original, through
                 // another node or an earlier leader) added it first: it has joined.
-                Ok(Err(_)) if self.is_joined_as(node_id, &record).await => {}
-                Ok(Err(e)) => return Err(self.join_error(e)),
-                Ok(Ok(_)) => {}
+                Err(_) if self.is_joined_as(node_id, &record).await => {}
+                Err(e) => return Err(self.join_error(e)),
+                Ok(_) => {}
             }
         }
         Ok(Joined {
@@ -288,34 +275,46 @@ impl Node {
                 .is_ok_and(|book| book.get(&node_id.0) == Some(record))
     }
 
-    /// Removes server `node_id` from the membership and forgets its record, so that the
-    /// name can join again (a wiped directory, a replaced machine). Only the leader can;
-    /// others answer [`JoinError::NotLeader`]. Removing a server that is not a member
-    /// only forgets its record.
-    pub async fn remove_server(&self, node_id: NodeId) -> Result<(), JoinError> {
+    /// Refuses unless this node leads, then waits for this process's turn (see
+    /// [`JOINS`]); the turn lasts as long as the permit.
+    async fn leader_turn(&self) -> Result<tokio::sync::SemaphorePermit<'static>, JoinError> {
         if self.engine.observed().role != Role::Leader {
             return Err(self.join_error(EngineError::NotLeader {
                 leader_hint: self.engine.observed().leader,
             }));
         }
-        let _one_at_a_time = JOINS
+        JOINS
             .acquire()
             .await
-            .map_err(|_| JoinError::Unavailable("the node is stopping".into()))?;
+            .map_err(|_| JoinError::Unavailable("the node is stopping".into()))
+    }
+
+    /// Makes a membership change, waiting at most [`PROPOSAL_TIMEOUT`]: past that its
+    /// outcome is unknown. The engine's own answer is the caller's to judge.
+    async fn change_members(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Result<rkv_raft::Index, EngineError>, JoinError> {
+        tokio::time::timeout(PROPOSAL_TIMEOUT, self.engine.change_membership(change))
+            .await
+            .map_err(|_| {
+                JoinError::Unknown(format!(
+                    "the membership change was not applied within {PROPOSAL_TIMEOUT:?}"
+                ))
+            })
+    }
+
+    /// Removes server `node_id` from the membership and forgets its record, so that the
+    /// name can join again (a wiped directory, a replaced machine). Only the leader can;
+    /// others answer [`JoinError::NotLeader`]. Removing a server that is not a member
+    /// only forgets its record.
+    pub async fn remove_server(&self, node_id: NodeId) -> Result<(), JoinError> {
+        let _one_at_a_time = self.leader_turn().await?;
         let status = self.engine.status().await.map_err(|e| self.join_error(e))?;
         if status.membership.contains(node_id) {
-            let change = self
-                .engine
-                .change_membership(MembershipChange::Remove(node_id));
-            match tokio::time::timeout(PROPOSAL_TIMEOUT, change).await {
-                Err(_) => {
-                    return Err(JoinError::Unknown(format!(
-                        "the membership change was not applied within {PROPOSAL_TIMEOUT:?}"
-                    )));
-                }
-                Ok(Err(e)) => return Err(self.join_error(e)),
-                Ok(Ok(_)) => {}
-            }
+            self.change_members(MembershipChange::Remove(node_id))
+                .await?
+                .map_err(|e| self.join_error(e))?;
         }
         let book = self.peers().await.map_err(|e| self.join_error(e))?;
         if book.contains_key(&node_id.0) {

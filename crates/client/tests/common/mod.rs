@@ -31,9 +31,9 @@ pub fn eventually<T, E>(mut attempt: impl FnMut() -> Result<T, E>) -> Result<T, 
         match attempt() {
             Ok(value) => return Ok(value),
             Err(e) if Instant::now() >= deadline => return Err(e),
-            // Not synchronisation by sleeping: the pause between two polls of a real
-            // process, within the deadline above (a process cannot signal us).
-            Err(_) => std::thread::sleep(POLL),
+            // A real process cannot signal us: this pause is the poll interval, and the
+            // deadline above bounds the wait (not synchronisation by sleeping).
+            Err(_) => std::thread::sleep(POLL), // poll interval within the deadline
         }
     }
 }
