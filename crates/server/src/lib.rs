@@ -9,8 +9,9 @@
 //!   consistency level, membership.
 //! - [`peers`] and [`membership`] let servers join by address: the address book travels
 //!   through the log, joins add learners, and a steward promotes them once caught up.
-//! - [`flags`], [`identity`], [`rkvpb_service`], [`v1_service`], [`forward`] and
-//!   [`metrics_http`] are rkvd's command line, data directory and gRPC front ends;
+//! - [`flags`], [`identity`], [`rkvpb_service`], [`v1_service`], [`forward`],
+//!   [`routes`] and [`metrics_http`] are rkvd's command line, data directory and gRPC
+//!   front ends (served by `rkv-grpc`);
 //!   [`rkvd::run`] ties them together.
 
 pub mod flags;
@@ -23,5 +24,6 @@ pub mod node;
 pub mod peers;
 pub mod rkvd;
 pub mod rkvpb_service;
+pub mod routes;
 pub mod service;
 pub mod v1_service;

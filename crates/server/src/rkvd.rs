@@ -9,14 +9,12 @@ use std::path::PathBuf;
 
 use rkv_engine::EngineConfig;
 use rkv_raft::{Membership, NodeId};
-use rkv_wire::rkvpb::rkv_server::RkvServer;
-use rkv_wire::v1::kv_server::KvServer;
 use tokio::net::TcpListener;
 
 use crate::flags::{Flags, Sync, resolve};
 use crate::identity::{self, Identity};
 use crate::node::{self, NodeSpec};
-use crate::{forward, metrics_http, rkvpb_service, v1_service};
+use crate::{forward, metrics_http, rkvpb_service, routes, v1_service};
 
 /// An address to dial: an unspecified host (`:9201`) means this machine.
 fn dialable(mut address: SocketAddr) -> SocketAddr {
@@ -167,28 +165,19 @@ pub async fn run(flags: Flags) -> Result<(), String> {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("interrupted: shutting down");
     };
-    tonic::transport::Server::builder()
-        .add_service(
-            RkvServer::new(rkvpb_service::RkvService::new(node.clone()))
-                .max_decoding_message_size(flags.maxgrpc)
-                .max_encoding_message_size(flags.maxgrpc),
-        )
-        .add_service(
-            KvServer::new(
-                forward::ForwardingKv::new(v1_service::KvService::new(node))
-                    .with_source_address(source_address),
-            )
-            .max_decoding_message_size(flags.maxgrpc)
-            .max_encoding_message_size(flags.maxgrpc),
-        )
-        .serve_with_incoming_shutdown(
-            // Replies go out at once: with Nagle's algorithm a reply can wait for the
-            // client's delayed ACK (40 ms).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .map_err(|e| format!("serving gRPC: {e}"))?;
+    let router = routes::router(
+        rkvpb_service::RkvService::new(node.clone()),
+        forward::ForwardingKv::new(v1_service::KvService::new(node))
+            .with_source_address(source_address),
+        flags.maxgrpc,
+    );
+    rkv_grpc::serve(
+        listener,
+        std::sync::Arc::new(router),
+        rkv_grpc::ServerConfig::default(),
+        shutdown,
+    )
+    .await;
     // Let the node task finish (answer what is pending, close the log) before exiting.
     let observed = engine.watch();
     drop(engine);
