@@ -114,7 +114,12 @@ fn everyday_commands_work_with_script_friendly_exit_codes() {
     assert_eq!(cluster.run(&["get", "fruit/apple"]).status.code(), Some(1));
 
     let status = cluster.run(&["status"]);
-    assert!(status.status.success(), "status: {}", stderr(&status));
+    assert!(
+        status.status.success(),
+        "status: {}{}",
+        stdout(&status),
+        stderr(&status)
+    );
     let text = stdout(&status);
     let roles: Vec<&str> = text
         .lines()

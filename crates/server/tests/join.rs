@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,15 +18,11 @@ use rkv_server::membership::{JoinError, Joined, node_id_for, spawn_steward};
 use rkv_server::node::{self, NodeSpec, Started};
 use rkv_server::peers::dialable;
 
-/// `count` distinct free loopback addresses (held together while picked, so that the
-/// kernel cannot hand out one port twice).
+/// `count` distinct free loopback addresses (see `rkv-testkit`).
 fn free_addresses(count: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("address"))
+    rkv_testkit::free_ports(count, 0)
+        .into_iter()
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
         .collect()
 }
 

@@ -8,7 +8,6 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -55,16 +54,10 @@ pub fn rkvd_path() -> PathBuf {
     rkvd
 }
 
-/// A client port on 127.0.0.1 whose peer port (+ [`PEER_OFFSET`]) is free too.
+/// A client port on 127.0.0.1 whose peer port (+ [`PEER_OFFSET`]) is free too (see
+/// `rkv-testkit`).
 pub fn free_port() -> u16 {
-    for _ in 0..1000 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        if port <= 60_000 && TcpListener::bind(("127.0.0.1", port + PEER_OFFSET)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free pair of loopback ports in 1000 tries");
+    rkv_testkit::free_port(PEER_OFFSET)
 }
 
 /// A cluster of rkvd processes on loopback.

@@ -5,7 +5,6 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,27 +41,9 @@ pub async fn eventually<T, E: std::fmt::Debug>(
 }
 
 /// `count` distinct free loopback ports, each with `port + offset` free too (offset 0:
-/// no condition). The listeners are held together while picking, so no port repeats.
+/// no condition); see `rkv-testkit`.
 pub fn free_ports(count: usize, offset: u16) -> Vec<u16> {
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < count {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        held.push(listener);
-        if offset == 0 {
-            ports.push(port);
-            continue;
-        }
-        if port > 60_000 || ports.contains(&(port + offset)) {
-            continue;
-        }
-        if let Ok(partner) = TcpListener::bind(("127.0.0.1", port + offset)) {
-            held.push(partner);
-            ports.push(port);
-        }
-    }
-    ports
+    rkv_testkit::free_ports(count, offset)
 }
 
 /// One child process, killed (by its pid) when dropped.

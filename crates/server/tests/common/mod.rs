@@ -3,7 +3,6 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,18 +39,9 @@ pub async fn eventually<T, E: std::fmt::Debug>(
     }
 }
 
-/// Picks a client port whose peer port (+ offset) is free too.
+/// Picks a client port whose peer port (+ offset) is free too (see `rkv-testkit`).
 pub fn free_port() -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        if port > 60_000 {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port + PEER_OFFSET)).is_ok() {
-            return port;
-        }
-    }
+    rkv_testkit::free_port(PEER_OFFSET)
 }
 
 /// One rkvd process.
@@ -97,6 +87,23 @@ pub struct Cluster {
     /// Flags added to every server's command line.
     pub extra_args: Vec<String>,
     _root: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    /// A failing test shows what its servers logged (warnings and errors).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for server in &self.servers {
+            let log = std::fs::read_to_string(server.dir.with_extension("log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("--- rkvd {} (last lines of its log) ---", server.id);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
 }
 
 /// Runs rkvd with `args` to completion (for flag errors).
