@@ -36,14 +36,16 @@ use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rkv_grpc::{Channel, ChannelConfig};
+use rkv_wire::commonpb::ReconfResponse;
 use rkv_wire::commonpb::{ReconfRequest, ReconfStatus, ReconfType};
-use rkv_wire::rkvpb::rkv_client::RkvClient;
-use rkv_wire::rkvpb::{InsertRequest, LookupRequest, RegisterRequest};
-use rkv_wire::v1::kv_client::KvClient;
+use rkv_wire::paths;
+use rkv_wire::rkvpb::{
+    InsertRequest, InsertResponse, LookupRequest, LookupResponse, RegisterRequest, RegisterResponse,
+};
 use rkv_wire::v1::{self, Consistency, Member, StatusResponse, errors};
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::error::{Error, reason};
@@ -53,6 +55,9 @@ pub const LOOKUP_MISSING: &str = "(none)";
 
 /// Most servers a client tracks (the configured ones plus leader hints).
 const SERVERS_MAX: usize = 64;
+
+/// The least time left before the deadline for which a retry is still made.
+pub(crate) const ATTEMPT_MIN: Duration = Duration::from_millis(10);
 
 /// Most times one write replaces an expired session before giving up.
 const SESSION_RENEWALS_MAX: u32 = 3;
@@ -147,9 +152,13 @@ enum Verdict {
     SameServer,
 }
 
-/// Whether a transport failure happened before any request could be sent: tonic
-/// reports a failed connect (refused, unreachable, timed out) with these words.
+/// Whether a transport failure happened before any request could be sent: the
+/// transport marks such calls ([`rkv_grpc::NOT_SENT_KEY`]); a failed connect also says
+/// so in these words.
 fn never_connected(status: &Status) -> bool {
+    if status.metadata().contains_key(rkv_grpc::NOT_SENT_KEY) {
+        return true;
+    }
     let message = status.message().to_ascii_lowercase();
     reason(status).is_none()
         && [
@@ -357,9 +366,12 @@ impl Client {
             leader_hint: None,
             maybe_applied: false,
         };
-        for _ in 0..self.config.attempts_max.max(1) {
+        for attempt_number in 0..self.config.attempts_max.max(1) {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            // A retry needs time to reach a server at all: one squeezed into the deadline's
+            // last instants would only time out, and a timed-out write counts as maybe
+            // applied.
+            if remaining.is_zero() || (attempt_number > 0 && remaining < ATTEMPT_MIN) {
                 break;
             }
             let (index, channel) = self.current();
@@ -431,7 +443,7 @@ impl Client {
     async fn open_session(&self) -> Result<u64, Error> {
         self.call(|channel| async move {
             let response = kv(channel).open_session(v1::OpenSessionRequest {}).await?;
-            Ok(response.into_inner().client_id)
+            Ok(response.client_id)
         })
         .await
     }
@@ -535,7 +547,7 @@ impl Client {
                 key: key.clone(),
                 consistency: consistency.into(),
             };
-            async move { Ok(kv(channel).get(request).await?.into_inner().value) }
+            async move { Ok(kv(channel).get(request).await?.value) }
         })
         .await
     }
@@ -551,7 +563,7 @@ impl Client {
                 value: value.clone(),
                 session: Some(session),
             };
-            async move { Ok(kv(channel).put(request).await?.into_inner().duplicate) }
+            async move { Ok(kv(channel).put(request).await?.duplicate) }
         })
         .await
     }
@@ -564,7 +576,7 @@ impl Client {
                 key: key.clone(),
                 session: Some(session),
             };
-            async move { Ok(kv(channel).delete(request).await?.into_inner().existed) }
+            async move { Ok(kv(channel).delete(request).await?.existed) }
         })
         .await
     }
@@ -588,7 +600,7 @@ impl Client {
                 session: Some(session),
             };
             async move {
-                let response = kv(channel).compare_and_swap(request).await?.into_inner();
+                let response = kv(channel).compare_and_swap(request).await?;
                 Ok(CasOutcome {
                     swapped: response.swapped,
                     previous: response.previous,
@@ -620,7 +632,7 @@ impl Client {
                 consistency: consistency.into(),
             };
             async move {
-                let response = kv(channel).scan(request).await?.into_inner();
+                let response = kv(channel).scan(request).await?;
                 Ok(ScanPage {
                     pairs: response
                         .kvs
@@ -680,7 +692,7 @@ impl Client {
                     filter: filter.clone(),
                     start_index,
                 };
-                async move { Ok(kv(channel).watch(request).await?.into_inner()) }
+                async move { kv(channel).watch(request).await }
             })
             .await?;
         Ok(Watch { stream })
@@ -690,10 +702,8 @@ impl Client {
 
     /// One server's view of the cluster (the first that answers, the leader guess first).
     pub async fn status(&self) -> Result<StatusResponse, Error> {
-        self.call(|channel| async move {
-            Ok(kv(channel).status(v1::StatusRequest {}).await?.into_inner())
-        })
-        .await
+        self.call(|channel| async move { kv(channel).status(v1::StatusRequest {}).await })
+            .await
     }
 
     /// Every known server's own status, asked once each (no retries), in list order.
@@ -711,7 +721,7 @@ impl Client {
             )
             .await;
             let answer = match asked {
-                Ok(Ok(response)) => Ok(response.into_inner()),
+                Ok(Ok(response)) => Ok(response),
                 Ok(Err(status)) => Err(match classify(&status) {
                     Verdict::Fail(error) => error,
                     _ => Error::Unavailable {
@@ -735,7 +745,6 @@ impl Client {
             Ok(kv(channel)
                 .member_list(v1::MemberListRequest::default())
                 .await?
-                .into_inner()
                 .members)
         })
         .await
@@ -756,7 +765,7 @@ impl Client {
                 address: address.clone(),
                 as_learner,
             };
-            async move { Ok(kv(channel).member_add(request).await?.into_inner().members) }
+            async move { Ok(kv(channel).member_add(request).await?.members) }
         })
         .await
     }
@@ -767,7 +776,6 @@ impl Client {
             Ok(kv(channel)
                 .member_remove(v1::MemberRemoveRequest { id })
                 .await?
-                .into_inner()
                 .members)
         })
         .await
@@ -779,7 +787,6 @@ impl Client {
             Ok(kv(channel)
                 .member_promote(v1::MemberPromoteRequest { id })
                 .await?
-                .into_inner()
                 .members)
         })
         .await
@@ -792,7 +799,6 @@ impl Client {
             Ok(kv(channel)
                 .transfer_leader(v1::TransferLeaderRequest { target_id: target })
                 .await?
-                .into_inner()
                 .leader_id)
         })
         .await
@@ -803,11 +809,7 @@ impl Client {
     /// Opens an rkvpb session (`Register`); returns its client id.
     pub async fn register(&self) -> Result<u64, Error> {
         self.call(|channel| async move {
-            Ok(rkv(channel)
-                .register(RegisterRequest {})
-                .await?
-                .into_inner()
-                .client_id)
+            Ok(rkv(channel).register(RegisterRequest {}).await?.client_id)
         })
         .await
     }
@@ -844,7 +846,7 @@ impl Client {
                 let request = LookupRequest {
                     key: key.to_string(),
                 };
-                async move { Ok(rkv(channel).lookup(request).await?.into_inner().value) }
+                async move { Ok(rkv(channel).lookup(request).await?.value) }
             })
             .await?;
         Ok((value != LOOKUP_MISSING).then_some(value))
@@ -868,8 +870,7 @@ impl Client {
                     server_id,
                     reconf_type: kind.into(),
                 })
-                .await?
-                .into_inner();
+                .await?;
             match ReconfStatus::try_from(response.status) {
                 Ok(ReconfStatus::ReconfOk) => Ok(Ok(())),
                 Ok(ReconfStatus::ReconfNotLeader) => Err(not_leader(&response.leader_hint)),
@@ -905,19 +906,74 @@ fn not_leader(leader_hint: &str) -> Status {
 }
 
 fn connect_lazy(address: &str, config: &ClientConfig) -> Result<Channel, Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| Error::Config(format!("server address {address:?}: {e}")))?
-        .connect_timeout(config.connect_timeout)
-        .tcp_nodelay(true);
-    Ok(endpoint.connect_lazy())
+    Ok(Channel::lazy(
+        address,
+        ChannelConfig {
+            connect_timeout: config.connect_timeout,
+            max_response_bytes: RESPONSE_BYTES_MAX,
+            ..ChannelConfig::default()
+        },
+    ))
 }
 
-fn kv(channel: Channel) -> KvClient<Channel> {
-    KvClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX)
+/// Defines typed unary calls of a service on a channel, by path.
+macro_rules! unary_calls {
+    ($($name:ident: $path:expr, $request:ty => $response:ty;)*) => {$(
+        async fn $name(&self, request: $request) -> Result<$response, Status> {
+            self.0.unary($path, &request).await
+        }
+    )*};
 }
 
-fn rkv(channel: Channel) -> RkvClient<Channel> {
-    RkvClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX)
+/// `rkv.v1.Kv`'s calls on a channel.
+struct KvCalls(Channel);
+
+impl KvCalls {
+    unary_calls! {
+        get: paths::v1::GET, v1::GetRequest => v1::GetResponse;
+        put: paths::v1::PUT, v1::PutRequest => v1::PutResponse;
+        delete: paths::v1::DELETE, v1::DeleteRequest => v1::DeleteResponse;
+        compare_and_swap: paths::v1::COMPARE_AND_SWAP,
+            v1::CompareAndSwapRequest => v1::CompareAndSwapResponse;
+        scan: paths::v1::SCAN, v1::ScanRequest => v1::ScanResponse;
+        open_session: paths::v1::OPEN_SESSION, v1::OpenSessionRequest => v1::OpenSessionResponse;
+        member_list: paths::v1::MEMBER_LIST, v1::MemberListRequest => v1::MemberListResponse;
+        member_add: paths::v1::MEMBER_ADD, v1::MemberAddRequest => v1::MemberAddResponse;
+        member_remove: paths::v1::MEMBER_REMOVE,
+            v1::MemberRemoveRequest => v1::MemberRemoveResponse;
+        member_promote: paths::v1::MEMBER_PROMOTE,
+            v1::MemberPromoteRequest => v1::MemberPromoteResponse;
+        transfer_leader: paths::v1::TRANSFER_LEADER,
+            v1::TransferLeaderRequest => v1::TransferLeaderResponse;
+        status: paths::v1::STATUS, v1::StatusRequest => StatusResponse;
+    }
+
+    async fn watch(
+        &self,
+        request: v1::WatchRequest,
+    ) -> Result<rkv_grpc::Streaming<v1::WatchResponse>, Status> {
+        self.0.server_streaming(paths::v1::WATCH, &request).await
+    }
+}
+
+/// `rkvpb.RKV`'s calls on a channel.
+struct RkvCalls(Channel);
+
+impl RkvCalls {
+    unary_calls! {
+        register: paths::rkvpb::REGISTER, RegisterRequest => RegisterResponse;
+        insert: paths::rkvpb::INSERT, InsertRequest => InsertResponse;
+        lookup: paths::rkvpb::LOOKUP, LookupRequest => LookupResponse;
+        reconf: paths::rkvpb::RECONF, ReconfRequest => ReconfResponse;
+    }
+}
+
+fn kv(channel: Channel) -> KvCalls {
+    KvCalls(channel)
+}
+
+fn rkv(channel: Channel) -> RkvCalls {
+    RkvCalls(channel)
 }
 
 /// The first key after every key that starts with `prefix` (empty: no such key).
@@ -979,7 +1035,7 @@ pub enum Filter {
 
 /// A stream of committed changes from [`Client::watch`].
 pub struct Watch {
-    stream: tonic::Streaming<v1::WatchResponse>,
+    stream: rkv_grpc::Streaming<v1::WatchResponse>,
 }
 
 impl Watch {

@@ -12,8 +12,9 @@
 //! - a write is `Put(key, value)`; a read is `Range(key)` with `serializable = false`,
 //!   etcd's default: a linearizable read (the member confirms with the leader that it has
 //!   applied everything committed before answering), the counterpart of rkv's `Lookup`.
-//! - One [`EtcdKv`] is one gRPC channel. With several endpoints it spreads requests over
-//!   them, as etcd's own clients do; give one endpoint to talk only to that member.
+//! - One [`EtcdKv`] is one gRPC channel per endpoint (`rkv-grpc`'s, the transport
+//!   rkvctl uses for rkv too). With several endpoints it spreads requests over them
+//!   round-robin, as etcd's own clients do; give one endpoint to talk only to that member.
 //! - Retries mirror [`Client`](crate::Client)'s: an `UNAVAILABLE` (no leader yet, leader
 //!   changed, member unreachable) or `RESOURCE_EXHAUSTED` answer is retried after a
 //!   back-off that doubles from [`ClientConfig::backoff_initial`] to
@@ -27,9 +28,12 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::Bytes;
+use rkv_grpc::{Channel, ChannelConfig};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::client::{ClientConfig, dialable};
@@ -41,8 +45,12 @@ pub mod pb {
     tonic::include_proto!("etcdserverpb");
 }
 
-use pb::kv_client::KvClient;
-use pb::{PutRequest, RangeRequest};
+use pb::{PutRequest, PutResponse, RangeRequest, RangeResponse};
+
+/// The gRPC path of etcd's `KV.Put`.
+pub const PUT_PATH: &str = "/etcdserverpb.KV/Put";
+/// The gRPC path of etcd's `KV.Range`.
+pub const RANGE_PATH: &str = "/etcdserverpb.KV/Range";
 
 /// Most endpoints one [`EtcdKv`] spreads its requests over.
 pub const ENDPOINTS_MAX: usize = 64;
@@ -69,9 +77,23 @@ pub fn endpoint_url(endpoint: &str) -> Result<String, Error> {
 /// clones share the connection).
 #[derive(Clone, Debug)]
 pub struct EtcdKv {
-    kv: KvClient<Channel>,
+    channels: Arc<[Channel]>,
+    next: Arc<AtomicUsize>,
     endpoints: Vec<String>,
     config: ClientConfig,
+}
+
+/// etcd's `KV` calls the load generator makes, on one channel.
+struct KvCalls(Channel);
+
+impl KvCalls {
+    async fn put(&self, request: PutRequest) -> Result<PutResponse, Status> {
+        self.0.unary(PUT_PATH, &request).await
+    }
+
+    async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Status> {
+        self.0.unary(RANGE_PATH, &request).await
+    }
 }
 
 impl EtcdKv {
@@ -95,28 +117,34 @@ impl EtcdKv {
             }
             urls.push(url);
         }
-        let mut endpoints = Vec::with_capacity(urls.len());
-        for url in &urls {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| Error::Config(format!("etcd endpoint {url:?}: {e}")))?
-                .connect_timeout(config.connect_timeout)
-                .tcp_nodelay(true);
-            endpoints.push(endpoint);
+        if urls.is_empty() {
+            return Err(Error::Config(
+                "no etcd endpoints given (use -cluster http://127.0.0.1:2379,...)".into(),
+            ));
         }
-        let channel = match endpoints.len() {
-            0 => {
-                return Err(Error::Config(
-                    "no etcd endpoints given (use -cluster http://127.0.0.1:2379,...)".into(),
-                ));
-            }
-            1 => endpoints.remove(0).connect_lazy(),
-            _ => Channel::balance_list(endpoints.into_iter()),
+        let channel_config = ChannelConfig {
+            connect_timeout: config.connect_timeout,
+            ..ChannelConfig::default()
         };
+        let channels: Vec<Channel> = urls
+            .iter()
+            .map(|url| {
+                let address = url.strip_prefix("http://").unwrap_or(url);
+                Channel::lazy(address, channel_config.clone())
+            })
+            .collect();
         Ok(EtcdKv {
-            kv: KvClient::new(channel),
+            channels: channels.into(),
+            next: Arc::new(AtomicUsize::new(0)),
             endpoints: urls,
             config,
         })
+    }
+
+    /// The channel for the next attempt (round-robin over the endpoints).
+    fn channel(&self) -> KvCalls {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        KvCalls(self.channels[index].clone())
     }
 
     /// The endpoints this connection uses, as dialed.
@@ -126,7 +154,7 @@ impl EtcdKv {
 
     /// Writes `key` = `value` (`Put`); `Ok` once etcd committed and applied it.
     pub async fn put(&self, key: Bytes, value: Bytes) -> Result<(), Error> {
-        self.call(true, |mut kv| {
+        self.call(true, |kv| {
             let request = PutRequest {
                 key: key.clone(),
                 value: value.clone(),
@@ -139,14 +167,14 @@ impl EtcdKv {
 
     /// Reads `key` linearizably (`Range` with `serializable = false`); `None` if absent.
     pub async fn get(&self, key: Bytes) -> Result<Option<Bytes>, Error> {
-        self.call(false, |mut kv| {
+        self.call(false, |kv| {
             let request = RangeRequest {
                 key: key.clone(),
                 serializable: false,
                 ..RangeRequest::default()
             };
             async move {
-                let response = kv.range(request).await?.into_inner();
+                let response = kv.range(request).await?;
                 Ok(response.kvs.into_iter().next().map(|pair| pair.value))
             }
         })
@@ -171,20 +199,21 @@ impl EtcdKv {
     /// Runs `attempt` until it succeeds, fails for good, or the retry budget runs out.
     async fn call<T, F, Fut>(&self, is_write: bool, mut attempt: F) -> Result<T, Error>
     where
-        F: FnMut(KvClient<Channel>) -> Fut,
+        F: FnMut(KvCalls) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.config.deadline;
         let mut backoff = self.config.backoff_initial;
         let mut last: Option<Status> = None;
         let mut maybe_applied = false;
-        for _ in 0..self.config.attempts_max.max(1) {
+        for attempt_number in 0..self.config.attempts_max.max(1) {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            // As the rkv client: no retry squeezed into the deadline's last instants.
+            if left.is_zero() || (attempt_number > 0 && left < crate::client::ATTEMPT_MIN) {
                 break;
             }
             let limit = self.config.attempt_timeout.min(left);
-            let status = match tokio::time::timeout(limit, attempt(self.kv.clone())).await {
+            let status = match tokio::time::timeout(limit, attempt(self.channel())).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) => status,
                 Err(_) => Status::deadline_exceeded(format!("no answer within {limit:?}")),
@@ -211,9 +240,13 @@ fn retryable(status: &Status) -> bool {
     )
 }
 
-/// Whether a transport failure happened before the request could be sent: tonic
-/// reports a failed connect (refused, unreachable, timed out) with these words.
+/// Whether a transport failure happened before the request could be sent: the
+/// transport marks such calls ([`rkv_grpc::NOT_SENT_KEY`]); a failed connect also says
+/// so in these words.
 fn never_connected(status: &Status) -> bool {
+    if status.metadata().contains_key(rkv_grpc::NOT_SENT_KEY) {
+        return true;
+    }
     let message = status.message().to_ascii_lowercase();
     status.code() == Code::Unavailable
         && [

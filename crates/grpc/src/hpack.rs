@@ -259,6 +259,9 @@ fn get_integer(input: &[u8], prefix_bits: u8) -> Result<(usize, usize), &'static
     }
     let mut shift = 0;
     for (position, byte) in input[1..].iter().enumerate() {
+        if shift > 28 {
+            return Err("an integer above 2^28");
+        }
         value += usize::from(byte & 0x7f) << shift;
         if value > 1 << 28 {
             return Err("an integer above 2^28");
@@ -647,7 +650,7 @@ mod tests {
 
     #[test]
     fn garbage_is_a_compression_error_not_a_panic() {
-        let blocks: [&[u8]; 7] = [
+        let blocks: [&[u8]; 8] = [
             &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
             &[0x40, 0x85],
             &[0xbf],
@@ -655,6 +658,10 @@ mod tests {
             &[0x0f],
             &[0x00, 0x01],
             &[0x00, 0x81, 0x00, 0x01, 0x61],
+            // An integer of endless zero continuation bytes.
+            &[
+                0x1f, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
+            ],
         ];
         for block in blocks {
             let error = Decoder::default()

@@ -1,5 +1,5 @@
 //! rkv's gRPC transport: unary and server-streaming gRPC on an HTTP/2 connection of its
-//! own, for the server (`rkvd`) and for the load generator's client.
+//! own, for the server ([`serve`] a [`Router`]) and the client ([`Channel`]).
 //!
 //! Why not tonic's transport (hyper and h2): profiled at 100 clients, it was most of the
 //! leader's CPU time (hyper's per-call task, tower's layers, h2's locked stream store:
@@ -25,9 +25,11 @@
 //! `-maxgrpc`, a bounded write buffer (a client that does not read stops being read),
 //! flow control in both directions. Compression is refused (rkv never asks for it).
 
+pub mod client;
 pub mod frame;
 pub mod grpc;
 pub mod hpack;
 pub mod server;
 
-pub use server::{Responses, Router, ServeError, ServerConfig, serve, serve_connection};
+pub use client::{Channel, ChannelConfig, NOT_SENT_KEY, Streaming};
+pub use server::{Router, ServeError, ServerConfig, serve, serve_connection};

@@ -32,9 +32,18 @@ use crate::frame::{
 use crate::grpc::{self, PREFIX_BYTES};
 use crate::hpack;
 
-/// The messages a call answers with, each already behind its gRPC prefix; a unary
-/// call yields one. An `Err` ends the call with that status.
-pub type Responses = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+/// What a call answers, in order.
+enum Answer {
+    /// A streaming call has started: the response headers can go (a watch that waits
+    /// for its first event is under way, and its client should know).
+    Started,
+    /// A message, already behind its gRPC prefix.
+    Message(Bytes),
+}
+
+/// A call's answers: a unary call yields one message; an `Err` ends the call with that
+/// status.
+type Responses = Pin<Box<dyn Stream<Item = Result<Answer, Status>> + Send>>;
 
 type Handler = Box<dyn Fn(MetadataMap, Bytes) -> Responses + Send + Sync>;
 
@@ -77,7 +86,9 @@ impl Router {
                 Ok(request) => {
                     let call = handler(request_with(metadata, request));
                     Box::pin(stream::once(call.map(move |result| {
-                        result.and_then(|response| grpc::encode_message(response.get_ref(), max))
+                        result
+                            .and_then(|response| grpc::encode_message(response.get_ref(), max))
+                            .map(Answer::Message)
                     })))
                 }
                 Err(e) => refuse(e),
@@ -102,9 +113,11 @@ impl Router {
                     let call = handler(request_with(metadata, request));
                     Box::pin(
                         stream::once(call.map_ok(move |response| {
-                            response.into_inner().map(move |item| {
+                            let messages = response.into_inner().map(move |item| {
                                 item.and_then(|message| grpc::encode_message(&message, max))
-                            })
+                                    .map(Answer::Message)
+                            });
+                            stream::once(std::future::ready(Ok(Answer::Started))).chain(messages)
                         }))
                         .try_flatten(),
                     )
@@ -180,8 +193,12 @@ pub async fn serve(
                     let _ = socket.set_nodelay(true);
                     let (router, config, stopping) = (router.clone(), config.clone(), stopping.clone());
                     connections.spawn(async move {
-                        if let Err(e) = serve_connection(socket, router, config, stopping).await {
-                            tracing::debug!(%peer, error = %e, "gRPC connection ended");
+                        match serve_connection(socket, router, config, stopping).await {
+                            Err(ServeError::Protocol(e)) => {
+                                tracing::warn!(%peer, error = %e, "a gRPC client broke the protocol");
+                            }
+                            Err(e) => tracing::debug!(%peer, error = %e, "gRPC connection ended"),
+                            Ok(()) => {}
                         }
                     });
                 }
@@ -333,7 +350,7 @@ struct StreamState {
 
 /// A running call's next output, tagged with its stream: a message, a status that
 /// ends it, or `None` when it has ended (successfully, or because it was aborted).
-type Output = (u32, Option<Result<Bytes, Status>>);
+type Output = (u32, Option<Result<Answer, Status>>);
 
 /// A running call as a stream of [`Output`]s that always ends with `(id, None)`, and
 /// fails with DEADLINE_EXCEEDED when its `grpc-timeout` passes.
@@ -933,7 +950,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         });
     }
 
-    fn on_output(&mut self, id: u32, output: Option<Result<Bytes, Status>>) {
+    fn on_output(&mut self, id: u32, output: Option<Result<Answer, Status>>) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return; // reset meanwhile
         };
@@ -941,7 +958,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             return; // already ending
         }
         match output {
-            Some(Ok(message)) => {
+            Some(Ok(answer)) => {
                 if !stream.headers_sent {
                     stream.headers_sent = true;
                     frame::encode_headers(
@@ -952,7 +969,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                         self.peer_max_frame,
                     );
                 }
-                self.send_data(id, message);
+                if let Answer::Message(message) = answer {
+                    self.send_data(id, message);
+                }
             }
             Some(Err(status)) => {
                 if let Some(abort) = stream.abort.take() {

@@ -13,15 +13,19 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rkv_grpc::{Channel, ChannelConfig};
+use rkv_wire::paths;
 use rkv_wire::v1::errors;
-use rkv_wire::v1::kv_client::KvClient;
 use rkv_wire::v1::{self, kv_server::Kv};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::service::PROPOSAL_TIMEOUT;
 use crate::v1_service::KvService;
+
+/// How long a follower waits for the leader's answer to a forwarded call: the leader's
+/// own bound on a write, and a second for the way there and back.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(PROPOSAL_TIMEOUT.as_secs() + 1);
 
 /// Metadata key marking a call that a follower already forwarded.
 pub const FORWARDED_KEY: &str = "rkv-forwarded";
@@ -50,42 +54,42 @@ impl ForwardingKv {
         self
     }
 
-    /// A (lazily connected, shared) client of the server at `address`.
-    fn client(&self, address: &str) -> Option<KvClient<Channel>> {
+    /// A (lazily connected, shared) channel to the server at `address`.
+    fn channel(&self, address: &str) -> Option<Channel> {
         let mut channels = self.channels.lock().ok()?;
         if let Some(channel) = channels.get(address) {
-            return Some(KvClient::new(channel.clone()));
+            return Some(channel.clone());
         }
         let host = if address.starts_with(':') {
             format!("127.0.0.1{address}")
         } else {
             address.to_string()
         };
-        let endpoint = Endpoint::from_shared(format!("http://{host}"))
-            .ok()?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(PROPOSAL_TIMEOUT + Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .local_address(self.source);
-        let channel = endpoint.connect_lazy();
+        let channel = Channel::lazy(
+            &host,
+            ChannelConfig {
+                connect_timeout: Duration::from_secs(2),
+                local_address: self.source,
+                ..ChannelConfig::default()
+            },
+        );
         channels.insert(address.to_string(), channel.clone());
-        Some(KvClient::new(channel))
+        Some(channel)
     }
 
     /// Runs `here` on this node; if it is not the leader (and the call was not forwarded
-    /// already), runs `there` on the leader named in the refusal.
-    async fn here_or_leader<T, R, Here, There, HereFut, ThereFut>(
+    /// already), sends the same request to the leader named in the refusal, at `path`.
+    async fn here_or_leader<T, R, Here, HereFut>(
         &self,
         request: Request<T>,
         here: Here,
-        there: There,
+        path: &'static str,
     ) -> Result<Response<R>, Status>
     where
-        T: Clone,
+        T: Clone + prost::Message,
+        R: prost::Message + Default,
         Here: FnOnce(Request<T>) -> HereFut,
         HereFut: Future<Output = Result<Response<R>, Status>>,
-        There: FnOnce(KvClient<Channel>, Request<T>) -> ThereFut,
-        ThereFut: Future<Output = Result<Response<R>, Status>>,
     {
         let forwarded = request.metadata().contains_key(FORWARDED_KEY);
         let body = request.get_ref().clone();
@@ -98,14 +102,17 @@ impl ForwardingKv {
             .get(errors::LEADER_ADDR_KEY)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let Some(client) = leader_address.as_deref().and_then(|a| self.client(a)) else {
+        let Some(channel) = leader_address.as_deref().and_then(|a| self.channel(a)) else {
             return Err(refusal);
         };
-        let mut request = Request::new(body);
-        request
-            .metadata_mut()
-            .insert(FORWARDED_KEY, MetadataValue::from_static("1"));
-        there(client, request).await.map_err(|status| {
+        let call = channel.unary_with_metadata(path, &body, &[(FORWARDED_KEY, "1")]);
+        let answer = match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Status::deadline_exceeded(
+                "the leader did not answer in time",
+            )),
+        };
+        answer.map(Response::new).map_err(|status| {
             if status.metadata().contains_key(errors::ERROR_KEY) {
                 return status;
             }
@@ -146,24 +153,16 @@ impl Kv for ForwardingKv {
         &self,
         request: Request<v1::PutRequest>,
     ) -> Result<Response<v1::PutResponse>, Status> {
-        self.here_or_leader(
-            request,
-            |r| self.local.put(r),
-            |mut c, r| async move { c.put(r).await },
-        )
-        .await
+        self.here_or_leader(request, |r| self.local.put(r), paths::v1::PUT)
+            .await
     }
 
     async fn delete(
         &self,
         request: Request<v1::DeleteRequest>,
     ) -> Result<Response<v1::DeleteResponse>, Status> {
-        self.here_or_leader(
-            request,
-            |r| self.local.delete(r),
-            |mut c, r| async move { c.delete(r).await },
-        )
-        .await
+        self.here_or_leader(request, |r| self.local.delete(r), paths::v1::DELETE)
+            .await
     }
 
     async fn compare_and_swap(
@@ -173,7 +172,7 @@ impl Kv for ForwardingKv {
         self.here_or_leader(
             request,
             |r| self.local.compare_and_swap(r),
-            |mut c, r| async move { c.compare_and_swap(r).await },
+            paths::v1::COMPARE_AND_SWAP,
         )
         .await
     }
@@ -201,7 +200,7 @@ impl Kv for ForwardingKv {
         self.here_or_leader(
             request,
             |r| self.local.open_session(r),
-            |mut c, r| async move { c.open_session(r).await },
+            paths::v1::OPEN_SESSION,
         )
         .await
     }
@@ -217,12 +216,8 @@ impl Kv for ForwardingKv {
         &self,
         request: Request<v1::MemberAddRequest>,
     ) -> Result<Response<v1::MemberAddResponse>, Status> {
-        self.here_or_leader(
-            request,
-            |r| self.local.member_add(r),
-            |mut c, r| async move { c.member_add(r).await },
-        )
-        .await
+        self.here_or_leader(request, |r| self.local.member_add(r), paths::v1::MEMBER_ADD)
+            .await
     }
 
     async fn member_remove(
@@ -232,7 +227,7 @@ impl Kv for ForwardingKv {
         self.here_or_leader(
             request,
             |r| self.local.member_remove(r),
-            |mut c, r| async move { c.member_remove(r).await },
+            paths::v1::MEMBER_REMOVE,
         )
         .await
     }
@@ -244,7 +239,7 @@ impl Kv for ForwardingKv {
         self.here_or_leader(
             request,
             |r| self.local.member_promote(r),
-            |mut c, r| async move { c.member_promote(r).await },
+            paths::v1::MEMBER_PROMOTE,
         )
         .await
     }
@@ -256,7 +251,7 @@ impl Kv for ForwardingKv {
         self.here_or_leader(
             request,
             |r| self.local.transfer_leader(r),
-            |mut c, r| async move { c.transfer_leader(r).await },
+            paths::v1::TRANSFER_LEADER,
         )
         .await
     }

@@ -7,10 +7,12 @@
 //! - [`rkvpb`] and [`commonpb`]: the client API of the original Go rkv (`rkvpb.RKV`),
 //!   wire-compatible so that its client works against rkvd unchanged.
 //! - [`v1`]: rkv's own, richer client API (`rkv.v1.Kv`).
+//! - [`paths`]: the gRPC path of every method of both client APIs.
 //! - [`codec`]: the protobuf codec the generated gRPC code of this crate and of rkvctl's
 //!   etcd client uses (small per-call buffers).
 
 pub mod codec;
+pub mod paths;
 pub mod peer;
 
 /// The original Go rkv's client API: package `rkvpb`, service `RKV` (`Register`,
