@@ -5,6 +5,13 @@ use std::process::ExitCode;
 
 use rkv_server::flags::Flags;
 
+/// jemalloc instead of glibc's malloc: with glibc, allocation was a fifth of the
+/// leader's CPU at 100 clients (`_int_malloc`, `malloc_consolidate`, `unlink_chunk`).
+/// jemalloc gave 16% more writes/s at 13% less CPU each and a lower p99; mimalloc, tried
+/// too, saved CPU but raised the p99 by a quarter.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let flags = match Flags::parse_go_style(std::env::args()) {
         Ok(flags) => flags,
