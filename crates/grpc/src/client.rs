@@ -4,10 +4,20 @@
 //! in one turn it writes every call that queued (HEADERS and DATA, one `write` for all
 //! of them), reads whatever answers arrived and hands each to its caller. The
 //! connection is made on the first call and made again, on the next call, after it is
-//! lost. Calls that were never written survive a lost connection and go out on the
-//! next one; calls in flight fail with UNAVAILABLE (their outcome is unknown), except
-//! those the server refused before processing them (REFUSED_STREAM, or above a
-//! GOAWAY's last stream), which are sent again.
+//! lost.
+//!
+//! What a caller is told matters for retries, so it is precise:
+//! - a call that certainly had no effect is UNAVAILABLE marked [`NOT_SENT_KEY`]: it was
+//!   never written to the socket (the connection failed first, or could not be made),
+//!   or the server refused it before processing it (REFUSED_STREAM, or above a GOAWAY's
+//!   last stream); the channel itself sends such calls again, a few times, first;
+//! - a call that was written and then lost its connection is UNAVAILABLE, and one that
+//!   got a malformed or cut answer is UNKNOWN: either may have taken effect;
+//! - everything else is the server's own status.
+//!
+//! The connection pings the server when calls wait for answers and nothing has been
+//! heard for a while; a server that does not answer the ping in time has its
+//! connection closed (a partition would otherwise hold calls for TCP's minutes).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -21,12 +31,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
+use crate::conn::{Core, Event, Local, RecvWindow, shift_windows};
 use crate::frame::{
-    self, ConnectionError, DEFAULT_MAX_FRAME_BYTES, DEFAULT_WINDOW_BYTES, HEAD_BYTES, Head, Kind,
-    MAX_WINDOW_BYTES, PREFACE, Reason, Settings, flags, setting,
+    self, ConnectionError, DEFAULT_WINDOW_BYTES, HEAD_BYTES, MAX_WINDOW_BYTES, PREFACE, Reason,
+    STREAM_ID_MASK, flags, setting,
 };
 use crate::grpc::{self, PREFIX_BYTES};
 use crate::hpack;
@@ -38,6 +50,8 @@ pub struct ChannelConfig {
     pub connect_timeout: Duration,
     /// The largest response message accepted.
     pub max_response_bytes: usize,
+    /// The largest response header block (decoded) accepted.
+    pub max_header_list_bytes: usize,
     /// Connect from this address instead of the one the kernel picks.
     pub local_address: Option<IpAddr>,
     /// Calls that may wait for the connection task before callers wait for room.
@@ -46,6 +60,11 @@ pub struct ChannelConfig {
     pub stream_window_bytes: u32,
     /// The receive window of the connection.
     pub connection_window_bytes: u32,
+    /// With calls waiting for answers, silence from the server for this long sends it
+    /// a PING.
+    pub ping_after: Duration,
+    /// A PING unanswered for this long closes the connection.
+    pub ping_timeout: Duration,
 }
 
 impl Default for ChannelConfig {
@@ -53,20 +72,33 @@ impl Default for ChannelConfig {
         ChannelConfig {
             connect_timeout: Duration::from_secs(1),
             max_response_bytes: 4 << 20,
+            max_header_list_bytes: 64 * 1024,
             local_address: None,
             queue_calls: 4096,
             stream_window_bytes: 1 << 20,
             connection_window_bytes: 16 << 20,
+            ping_after: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(5),
         }
     }
 }
 
-/// Times a call the server refused unprocessed is sent again before it fails.
+/// Rounds of reading, sending and writing one poll of a connection does at most before
+/// it yields to the runtime.
+const TURNS_PER_POLL: usize = 64;
+
+/// Times a call that certainly had no effect is sent again before it fails.
 const RESENDS_MAX: u8 = 3;
+
+/// After a failed connection attempt, calls fail at once (as never sent) for this long
+/// before the next attempt; it doubles up to [`CONNECT_BACKOFF_MAX`] while attempts fail.
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(20);
+/// See [`CONNECT_BACKOFF_MIN`].
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Metadata key on the status of a call that certainly had no effect: it was never
 /// written to a server, or the server refused it before processing it. Retrying such a
-/// call cannot apply it twice.
+/// call cannot apply it twice. Never taken from a server's answer.
 pub const NOT_SENT_KEY: &str = "rkv-grpc-not-sent";
 
 /// UNAVAILABLE, marked with [`NOT_SENT_KEY`].
@@ -77,6 +109,13 @@ fn not_sent(message: String) -> Status {
         tonic::metadata::MetadataValue::from_static("1"),
     );
     status
+}
+
+/// UNKNOWN: the call was sent and its answer is unusable; it may have taken effect.
+fn unknown(message: impl std::fmt::Display) -> Status {
+    Status::unknown(format!(
+        "{message}; the call may or may not have taken effect"
+    ))
 }
 
 /// What a server-streaming call hands its caller, in order.
@@ -92,6 +131,9 @@ enum Item {
 /// Where a call's answer goes.
 enum Sink {
     Unary(oneshot::Sender<Result<Bytes, Status>>),
+    /// Unbounded, because flow control bounds it: the server may only send what the
+    /// stream's window allows, enforced, and the window grows back only as the caller
+    /// takes messages out ([`Control::Consumed`]).
     Streaming(mpsc::UnboundedSender<Item>),
 }
 
@@ -120,22 +162,25 @@ struct Call {
     resends: u8,
 }
 
-enum Command {
-    Call(Call),
+/// What callers tell the connection task about calls already handed over.
+///
+/// On a channel of its own, unbounded, so that it is never lost (a lost credit would
+/// shrink a stream's window for good): what it holds is bounded by the calls there are
+/// (one cancel each) and the messages delivered (one credit each, and delivery is
+/// bounded by the windows).
+enum Control {
     /// The caller went away: reset the call's stream.
     Cancel(u64),
     /// A streaming caller took `bytes` of messages: the server may send that much more.
-    Consumed {
-        key: u64,
-        bytes: u32,
-    },
+    Consumed { key: u64, bytes: u32 },
 }
 
 /// A connection to one gRPC server; cheap to clone, and every clone shares the one
 /// connection. The connection task ends when the last clone is dropped.
 #[derive(Clone)]
 pub struct Channel {
-    commands: mpsc::Sender<Command>,
+    calls: mpsc::Sender<Call>,
+    control: mpsc::UnboundedSender<Control>,
     keys: Arc<AtomicU64>,
     address: Arc<str>,
 }
@@ -152,11 +197,13 @@ impl Channel {
     /// A channel to `address` (`host:port`), connected on first use. Must be called
     /// inside a tokio runtime.
     pub fn lazy(address: &str, config: ChannelConfig) -> Channel {
-        let (commands, queue) = mpsc::channel(config.queue_calls.max(1));
+        let (calls, queue) = mpsc::channel(config.queue_calls.max(1));
+        let (control, controls) = mpsc::unbounded_channel();
         let address: Arc<str> = Arc::from(address);
-        tokio::spawn(run(address.clone(), config, queue));
+        tokio::spawn(run(address.clone(), config, queue, controls));
         Channel {
-            commands,
+            calls,
+            control,
             keys: Arc::new(AtomicU64::new(0)),
             address,
         }
@@ -183,10 +230,10 @@ impl Channel {
             sink,
             resends: 0,
         };
-        self.commands
-            .send(Command::Call(call))
+        self.calls
+            .send(call)
             .await
-            .map_err(|_| Status::unavailable("the channel's connection task has ended"))?;
+            .map_err(|_| not_sent("the channel's connection task has ended".into()))?;
         Ok(key)
     }
 
@@ -216,15 +263,13 @@ impl Channel {
         let (reply, answer) = oneshot::channel();
         let key = self.start(path, headers, body, Sink::Unary(reply)).await?;
         let mut guard = CancelOnDrop {
-            commands: &self.commands,
+            control: &self.control,
             key: Some(key),
         };
         let answer = answer.await;
         guard.key = None;
-        let message = answer
-            .map_err(|_| Status::unavailable("the channel's connection task has ended"))??;
-        Resp::decode(message)
-            .map_err(|e| Status::internal(format!("undecodable response message: {e}")))
+        let message = answer.map_err(|_| unknown("the channel's connection task ended"))??;
+        Resp::decode(message).map_err(|e| unknown(format!("undecodable response message: {e}")))
     }
 
     /// Calls the server-streaming method at `path`; returns once the server has started
@@ -245,7 +290,7 @@ impl Channel {
             .start(path, Bytes::new(), body, Sink::Streaming(sink))
             .await?;
         let mut streaming = Streaming {
-            commands: self.commands.clone(),
+            control: self.control.clone(),
             key,
             items,
             done: false,
@@ -253,19 +298,17 @@ impl Channel {
         };
         match streaming.items.recv().await {
             Some(Item::Started) => Ok(streaming),
-            Some(Item::End(status)) if status.code() != Code::Ok => {
+            Some(Item::End(status)) => {
                 streaming.done = true;
-                Err(status)
-            }
-            Some(Item::End(_)) => {
-                streaming.done = true;
-                Ok(streaming)
+                if status.code() == Code::Ok {
+                    Ok(streaming)
+                } else {
+                    Err(status)
+                }
             }
             Some(Item::Message(_)) | None => {
                 streaming.done = true;
-                Err(Status::unavailable(
-                    "the channel's connection task has ended",
-                ))
+                Err(unknown("the channel's connection task ended"))
             }
         }
     }
@@ -290,27 +333,21 @@ fn encode_metadata(metadata: &[(&str, &str)]) -> Result<Bytes, Status> {
 
 /// Resets a call whose caller stopped waiting.
 struct CancelOnDrop<'a> {
-    commands: &'a mpsc::Sender<Command>,
+    control: &'a mpsc::UnboundedSender<Control>,
     key: Option<u64>,
 }
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            // Best effort: with the queue full, the answer is simply dropped on arrival.
-            let _ = self.commands.try_send(Command::Cancel(key));
+            let _ = self.control.send(Control::Cancel(key));
         }
     }
 }
 
 /// The messages of a server-streaming call, in order. Dropping it resets the call.
-///
-/// The queue between the connection task and this handle has no count limit of its
-/// own: flow control bounds it, because the server may only send what the stream's
-/// window allows, and the window grows back only as [`Streaming::message`] takes
-/// messages out.
 pub struct Streaming<T> {
-    commands: mpsc::Sender<Command>,
+    control: mpsc::UnboundedSender<Control>,
     key: u64,
     items: mpsc::UnboundedReceiver<Item>,
     done: bool,
@@ -329,13 +366,13 @@ impl<T: prost::Message + Default> Streaming<T> {
                 Some(Item::Started) => continue,
                 Some(Item::Message(bytes)) => {
                     let consumed = u32::try_from(bytes.len() + PREFIX_BYTES).unwrap_or(u32::MAX);
-                    let _ = self.commands.try_send(Command::Consumed {
+                    let _ = self.control.send(Control::Consumed {
                         key: self.key,
                         bytes: consumed,
                     });
                     T::decode(bytes)
                         .map(Some)
-                        .map_err(|e| Status::internal(format!("undecodable response message: {e}")))
+                        .map_err(|e| unknown(format!("undecodable response message: {e}")))
                 }
                 Some(Item::End(status)) => {
                     self.done = true;
@@ -347,9 +384,7 @@ impl<T: prost::Message + Default> Streaming<T> {
                 }
                 None => {
                     self.done = true;
-                    Err(Status::unavailable(
-                        "the channel's connection task has ended",
-                    ))
+                    Err(unknown("the channel's connection task ended"))
                 }
             };
         }
@@ -359,14 +394,9 @@ impl<T: prost::Message + Default> Streaming<T> {
 impl<T> Drop for Streaming<T> {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.commands.try_send(Command::Cancel(self.key));
+            let _ = self.control.send(Control::Cancel(self.key));
         }
     }
-}
-
-/// The status a failed connection attempt gives the calls that waited for it.
-fn never_sent(address: &str, error: &std::io::Error) -> Status {
-    not_sent(format!("tcp connect error: {address}: {error}"))
 }
 
 async fn connect(address: &str, config: &ChannelConfig) -> std::io::Result<TcpStream> {
@@ -404,14 +434,19 @@ async fn connect_one(target: SocketAddr, local: Option<IpAddr>) -> std::io::Resu
 }
 
 /// The connection task of one channel.
-async fn run(address: Arc<str>, config: ChannelConfig, mut queue: mpsc::Receiver<Command>) {
+async fn run(
+    address: Arc<str>,
+    config: ChannelConfig,
+    mut queue: mpsc::Receiver<Call>,
+    mut controls: mpsc::UnboundedReceiver<Control>,
+) {
     let mut waiting: VecDeque<Call> = VecDeque::new();
+    let mut backoff = CONNECT_BACKOFF_MIN;
     loop {
         // Idle: wait for a call (or for every channel handle to go).
         if waiting.is_empty() {
             match queue.recv().await {
-                Some(Command::Call(call)) => waiting.push_back(call),
-                Some(Command::Cancel(_) | Command::Consumed { .. }) => continue,
+                Some(call) => waiting.push_back(call),
                 None => return,
             }
         }
@@ -419,31 +454,61 @@ async fn run(address: Arc<str>, config: ChannelConfig, mut queue: mpsc::Receiver
             Ok(stream) => stream,
             Err(e) => {
                 tracing::debug!(%address, error = %e, "gRPC connection attempt failed");
+                // Every call waiting, and every call that comes during the back-off,
+                // fails at once: none was sent.
+                let status = not_sent(format!("tcp connect error: {address}: {e}"));
+                let until = Instant::now() + backoff;
+                backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
                 for call in waiting.drain(..) {
-                    call.sink.fail(never_sent(&address, &e));
+                    call.sink.fail(status.clone());
                 }
+                loop {
+                    tokio::select! {
+                        call = queue.recv() => match call {
+                            Some(call) => call.sink.fail(status.clone()),
+                            None => return,
+                        },
+                        () = tokio::time::sleep_until(until) => break,
+                    }
+                }
+                while controls.try_recv().is_ok() {}
                 continue;
             }
         };
+        backoff = CONNECT_BACKOFF_MIN;
         let mut connection =
             Connection::new(stream, &address, &config, std::mem::take(&mut waiting));
-        let end = std::future::poll_fn(|cx| connection.poll(cx, &mut queue)).await;
-        waiting = connection.into_unsent();
+        let end =
+            std::future::poll_fn(|cx| connection.poll(cx, Some((&mut queue, &mut controls)))).await;
         match end {
             End::Closed => return,
             End::Lost(why) => {
                 tracing::debug!(%address, %why, "gRPC connection lost");
+                waiting = connection.into_unsent();
+            }
+            End::Draining => {
+                // The server sent GOAWAY: the calls it took finish on the old
+                // connection, on a task of their own; new calls get a new one.
+                waiting = connection.take_waiting();
+                tokio::spawn(async move {
+                    let _ = std::future::poll_fn(|cx| connection.poll(cx, None)).await;
+                });
             }
         }
     }
 }
 
-/// How a connection ended.
+/// How a connection stopped serving new calls.
 enum End {
     /// Every channel handle is gone and nothing is in flight.
     Closed,
-    /// The connection failed or the server sent it away; calls not sent remain.
+    /// The connection failed; calls not sent remain.
     Lost(String),
+    /// The server sent GOAWAY (or stream ids ran out): calls in flight go on here, new
+    /// ones need a new connection. (Cancels and window credits of the calls left here
+    /// go to the new connection's task and are dropped: a server that sent GOAWAY is
+    /// ending its streams anyway.)
+    Draining,
 }
 
 /// One call in flight on a connection.
@@ -452,27 +517,28 @@ struct StreamState {
     send_window: i64,
     /// Request bytes not yet sent (flow control); END_STREAM goes with the last.
     unsent: Bytes,
+    /// Where the call's HEADERS start in the connection's output: before the socket
+    /// took that many bytes, the call never left this process.
+    written_at: u64,
     /// Response headers seen, and whether their `:status` was 200.
     headers: Option<u16>,
     /// Response bytes not yet forming a whole message.
     partial: BytesMut,
     /// A unary call's one response message.
     message: Option<Bytes>,
-    /// Response bytes the caller took since the window was last topped up.
-    consumed: u32,
+    /// What the server may still send on this stream.
+    window: RecvWindow,
 }
 
 struct Connection<T> {
-    io: T,
+    core: Core<T>,
     authority: Bytes,
     max_response_bytes: usize,
-    stream_window_bytes: u32,
-    connection_window_bytes: u32,
-    read: BytesMut,
-    write: BytesMut,
+    max_header_list_bytes: usize,
+    ping_after: Duration,
+    ping_timeout: Duration,
     scratch: BytesMut,
-    decoder: hpack::Decoder,
-    continuation: Option<(u32, bool, BytesMut)>,
+    settings_read: bool,
     /// Calls not yet written, in order.
     waiting: VecDeque<Call>,
     streams: HashMap<u32, StreamState>,
@@ -480,60 +546,49 @@ struct Connection<T> {
     /// Streams with request bytes waiting for window.
     blocked: VecDeque<u32>,
     next_stream: u32,
-    send_window: i64,
-    peer_initial_window: u32,
-    peer_max_frame: u32,
-    peer_max_streams: u32,
-    unacknowledged: u32,
-    /// The server's GOAWAY: its last processed stream.
-    goaway: Option<u32>,
+    /// The server's GOAWAY (or our own stream ids running out): no new streams here.
+    draining: bool,
     /// No more channel handles: finish what is in flight, then end.
     queue_closed: bool,
     failed: Option<String>,
+    /// When the server was last heard from, and when an unanswered PING left.
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     fn new(io: T, address: &str, config: &ChannelConfig, waiting: VecDeque<Call>) -> Connection<T> {
-        let mut write = BytesMut::with_capacity(16 * 1024);
-        write.extend_from_slice(PREFACE);
-        frame::encode_settings(
-            &mut write,
-            &[
-                (setting::ENABLE_PUSH, 0),
-                (setting::INITIAL_WINDOW_SIZE, config.stream_window_bytes),
-            ],
-        );
-        if config.connection_window_bytes > DEFAULT_WINDOW_BYTES {
-            frame::encode_window_update(
-                &mut write,
-                0,
-                (config.connection_window_bytes - DEFAULT_WINDOW_BYTES).min(MAX_WINDOW_BYTES),
-            );
-        }
+        let local = Local {
+            stream_window: config.stream_window_bytes.max(DEFAULT_WINDOW_BYTES),
+            connection_window: config.connection_window_bytes,
+            header_block_bytes_max: 4 * config.max_header_list_bytes + 4096,
+        };
+        let settings = [
+            (setting::ENABLE_PUSH, 0),
+            (setting::INITIAL_WINDOW_SIZE, local.stream_window),
+        ];
+        let now = Instant::now();
         Connection {
-            io,
+            core: Core::new(io, local, PREFACE, &settings),
             authority: Bytes::copy_from_slice(address.as_bytes()),
             max_response_bytes: config.max_response_bytes,
-            stream_window_bytes: config.stream_window_bytes,
-            connection_window_bytes: config.connection_window_bytes,
-            read: BytesMut::with_capacity(16 * 1024),
-            write,
+            max_header_list_bytes: config.max_header_list_bytes,
+            ping_after: config.ping_after,
+            ping_timeout: config.ping_timeout,
             scratch: BytesMut::new(),
-            decoder: hpack::Decoder::default(),
-            continuation: None,
+            settings_read: false,
             waiting,
             streams: HashMap::new(),
             keys: HashMap::new(),
             blocked: VecDeque::new(),
             next_stream: 1,
-            send_window: i64::from(DEFAULT_WINDOW_BYTES),
-            peer_initial_window: DEFAULT_WINDOW_BYTES,
-            peer_max_frame: DEFAULT_MAX_FRAME_BYTES,
-            peer_max_streams: u32::MAX,
-            unacknowledged: 0,
-            goaway: None,
+            draining: false,
             queue_closed: false,
             failed: None,
+            last_heard: now,
+            ping_sent: None,
+            timer: Box::pin(tokio::time::sleep_until(now + config.ping_after)),
         }
     }
 
@@ -548,70 +603,141 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         unsent
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>, queue: &mut mpsc::Receiver<Command>) -> Poll<End> {
-        loop {
+    /// The calls not yet written (a draining connection takes no new ones).
+    fn take_waiting(&mut self) -> VecDeque<Call> {
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// Serves calls until the connection ends or stops taking new ones. `queues` are the
+    /// channel's call and control queues; `None` for a draining connection, which only
+    /// finishes what it has.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut queues: Option<(
+            &mut mpsc::Receiver<Call>,
+            &mut mpsc::UnboundedReceiver<Control>,
+        )>,
+    ) -> Poll<End> {
+        for _ in 0..TURNS_PER_POLL {
             let mut progress = false;
-            // New calls, cancellations, consumed messages.
-            while !self.queue_closed && self.failed.is_none() {
-                match queue.poll_recv(cx) {
-                    Poll::Ready(Some(command)) => {
-                        progress = true;
-                        self.on_command(command);
-                    }
-                    Poll::Ready(None) => self.queue_closed = true,
-                    Poll::Pending => break,
-                }
-            }
-            self.start_waiting();
+            // What the server said first: an end of the connection (EOF, GOAWAY) waiting
+            // in the socket must be seen before new calls are committed to it.
             if self.failed.is_none() {
                 match self.poll_read(cx) {
                     Ok(true) => progress = true,
                     Ok(false) => {}
-                    Err(why) => self.fail(why),
+                    Err(why) => {
+                        if self.failed.is_none() {
+                            self.fail(why);
+                        }
+                    }
                 }
             }
-            while !self.write.is_empty() {
-                match Pin::new(&mut self.io).poll_write(cx, &self.write) {
-                    Poll::Ready(Ok(0)) => {
-                        self.fail("the connection would take no more bytes".into());
-                        self.write.clear();
+            if let Some((calls, controls)) = queues.as_mut() {
+                while let Poll::Ready(Some(control)) = controls.poll_recv(cx) {
+                    progress = true;
+                    self.on_control(control);
+                }
+                while !self.queue_closed && self.failed.is_none() && !self.draining {
+                    match calls.poll_recv(cx) {
+                        Poll::Ready(Some(call)) => {
+                            progress = true;
+                            self.waiting.push_back(call);
+                        }
+                        Poll::Ready(None) => self.queue_closed = true,
+                        Poll::Pending => break,
                     }
-                    Poll::Ready(Ok(n)) => {
-                        self.write.advance(n);
-                        progress = true;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        self.fail(format!("writing: {e}"));
-                        self.write.clear();
-                    }
-                    Poll::Pending => break,
                 }
             }
-            if let Some(why) = &self.failed
-                && self.write.is_empty()
-            {
+            self.start_waiting();
+            match self.core.poll_flush(cx) {
+                Ok(flushed) => progress |= flushed,
+                Err(e) => self.fail(format!("writing: {e}")),
+            }
+            if let Some(why) = &self.failed {
+                // One try at sending the GOAWAY, if there is one; no waiting on a
+                // connection that is over.
+                let _ = self.core.poll_flush(cx);
                 return Poll::Ready(End::Lost(why.clone()));
             }
-            if self.streams.is_empty() && self.write.is_empty() {
+            if self.streams.is_empty() && self.core.write.is_empty() {
+                if queues.is_none() {
+                    return Poll::Ready(End::Closed);
+                }
                 if self.queue_closed && self.waiting.is_empty() {
                     return Poll::Ready(End::Closed);
                 }
-                if self.goaway.is_some() {
-                    return Poll::Ready(End::Lost("the server sent GOAWAY".into()));
-                }
+            }
+            if self.draining && queues.is_some() {
+                return Poll::Ready(End::Draining);
             }
             if !progress {
+                return self.poll_timer(cx);
+            }
+        }
+        // Still busy: let the runtime's other tasks run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Pings a server that has been silent while calls wait; fails the connection if the
+    /// ping goes unanswered.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        if self.streams.is_empty() {
+            self.ping_sent = None;
+            return Poll::Pending;
+        }
+        loop {
+            // The timer is re-armed only when it fires early (hearing from the server
+            // moves the due time later, never earlier): resetting it on every poll
+            // would cost a timer-wheel update per turn.
+            if self.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
+            }
+            let due = match self.ping_sent {
+                Some(sent) => sent + self.ping_timeout,
+                None => self.last_heard + self.ping_after,
+            };
+            if due > Instant::now() {
+                self.timer.as_mut().reset(due);
+                continue;
+            }
+            if self.ping_sent.is_some() {
+                let why = format!("the server answered no PING for {:?}", self.ping_timeout);
+                self.fail(why.clone());
+                return Poll::Ready(End::Lost(why));
+            }
+            frame::encode_ping(&mut self.core.write, *b"rkv-live", false);
+            let now = Instant::now();
+            self.ping_sent = Some(now);
+            self.timer.as_mut().reset(now + self.ping_timeout);
+            if let Err(e) = self.core.poll_flush(cx) {
+                let why = format!("writing: {e}");
+                self.fail(why.clone());
+                return Poll::Ready(End::Lost(why));
             }
         }
     }
 
-    /// Ends the connection: calls in flight fail (their outcome is unknown).
+    /// Ends the connection. Calls whose bytes never left this process are put back to
+    /// be sent on the next connection (and their bytes dropped, so that they cannot
+    /// leave on this one after all); calls in flight fail (their outcome is unknown).
     fn fail(&mut self, why: String) {
+        self.core.write.clear();
+        let mut unsent = Vec::new();
         for (_, stream) in self.streams.drain() {
-            stream.call.sink.fail(Status::unavailable(format!(
-                "the connection to the server was lost ({why}); the call may or may not have been applied"
-            )));
+            if stream.written_at >= self.core.flushed_total {
+                unsent.push(stream.call);
+            } else {
+                stream.call.sink.fail(Status::unavailable(format!(
+                    "the connection to the server was lost ({why}); the call may or may not have taken effect"
+                )));
+            }
+        }
+        unsent.sort_by_key(|call| call.key);
+        for call in unsent.into_iter().rev() {
+            self.waiting.push_front(call);
         }
         self.keys.clear();
         self.blocked.clear();
@@ -620,27 +746,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
     }
 
-    fn on_command(&mut self, command: Command) {
-        match command {
-            Command::Call(call) => self.waiting.push_back(call),
-            Command::Cancel(key) => {
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Cancel(key) => {
                 if let Some(id) = self.keys.remove(&key) {
                     self.streams.remove(&id);
-                    frame::encode_rst_stream(&mut self.write, id, Reason::CANCEL);
+                    frame::encode_rst_stream(&mut self.core.write, id, Reason::CANCEL);
                 } else {
                     self.waiting.retain(|call| call.key != key);
                 }
             }
-            Command::Consumed { key, bytes } => {
-                let Some(id) = self.keys.get(&key) else {
-                    return;
-                };
-                if let Some(stream) = self.streams.get_mut(id) {
-                    stream.consumed += bytes;
-                    if stream.consumed >= self.stream_window_bytes / 2 {
-                        frame::encode_window_update(&mut self.write, *id, stream.consumed);
-                        stream.consumed = 0;
-                    }
+            Control::Consumed { key, bytes } => {
+                if let Some(id) = self.keys.get(&key)
+                    && let Some(stream) = self.streams.get_mut(id)
+                {
+                    stream.window.release(&mut self.core.write, *id, bytes);
                 }
             }
         }
@@ -648,15 +768,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     /// Writes the waiting calls that the server's limits let start.
     fn start_waiting(&mut self) {
-        if self.next_stream > MAX_WINDOW_BYTES && self.goaway.is_none() {
-            // Stream ids are used up: this connection drains, the next one starts.
-            self.goaway = Some(MAX_WINDOW_BYTES);
-        }
         while self.failed.is_none()
-            && self.goaway.is_none()
-            && (self.streams.len() as u64) < u64::from(self.peer_max_streams)
-            && self.next_stream <= MAX_WINDOW_BYTES
+            && !self.draining
+            && (self.streams.len() as u64) < u64::from(self.core.peer_max_streams)
         {
+            if self.next_stream > STREAM_ID_MASK {
+                // Stream ids are used up: this connection drains, the next one starts.
+                self.draining = true;
+                break;
+            }
             let Some(call) = self.waiting.pop_front() else {
                 break;
             };
@@ -682,30 +802,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             );
             hpack::put_literal(&mut self.scratch, b"te", b"trailers");
             self.scratch.extend_from_slice(&call.headers);
-            frame::encode_headers(
-                &mut self.write,
-                id,
-                &self.scratch,
-                false,
-                self.peer_max_frame,
-            );
+            let written_at = self.core.queued_total();
+            self.core.send_headers(id, &self.scratch, false);
             let mut stream = StreamState {
                 unsent: call.body.clone(),
                 call,
-                send_window: i64::from(self.peer_initial_window),
+                send_window: i64::from(self.core.peer_initial_window),
+                written_at,
                 headers: None,
                 partial: BytesMut::new(),
                 message: None,
-                consumed: 0,
+                window: self.core.stream_recv_window(),
             };
             self.keys.insert(stream.call.key, id);
-            if send_request(
-                &mut self.write,
-                id,
-                &mut stream,
-                &mut self.send_window,
-                self.peer_max_frame,
-            ) {
+            let unsent = std::mem::take(&mut stream.unsent);
+            stream.unsent = self
+                .core
+                .send_data(id, &mut stream.send_window, unsent, true);
+            if !stream.unsent.is_empty() {
                 self.blocked.push_back(id);
             }
             self.streams.insert(id, stream);
@@ -716,15 +830,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     fn send_blocked(&mut self) {
         let mut still = VecDeque::new();
         while let Some(id) = self.blocked.pop_front() {
-            if let Some(stream) = self.streams.get_mut(&id)
-                && send_request(
-                    &mut self.write,
-                    id,
-                    stream,
-                    &mut self.send_window,
-                    self.peer_max_frame,
-                )
-            {
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            let unsent = std::mem::take(&mut stream.unsent);
+            stream.unsent = self
+                .core
+                .send_data(id, &mut stream.send_window, unsent, true);
+            if !stream.unsent.is_empty() {
                 still.push_back(id);
             }
         }
@@ -733,16 +846,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     /// Reads and handles what the socket holds; whether anything was read.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Result<bool, String> {
-        if self.read.capacity() - self.read.len() < 4096 {
-            self.read.reserve(16 * 1024);
-        }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
-            Poll::Ready(Ok(0)) => Err("the server closed the connection".into()),
-            Poll::Ready(Ok(_)) => {
-                self.read_frames().map_err(|e| {
-                    frame::encode_goaway(&mut self.write, 0, e.reason, e.message.as_bytes());
-                    e.to_string()
-                })?;
+        match self.core.poll_read(cx) {
+            Poll::Ready(Ok(false)) => Err("the server closed the connection".into()),
+            Poll::Ready(Ok(true)) => {
+                self.last_heard = Instant::now();
+                self.ping_sent = None;
+                if let Err(e) = self.read_frames() {
+                    let why = e.to_string();
+                    self.fail(why.clone());
+                    frame::encode_goaway(&mut self.core.write, 0, e.reason, e.message.as_bytes());
+                    return Err(why);
+                }
                 Ok(true)
             }
             Poll::Ready(Err(e)) => Err(format!("reading: {e}")),
@@ -751,184 +865,82 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 
     fn read_frames(&mut self) -> Result<(), ConnectionError> {
-        while self.read.len() >= HEAD_BYTES && self.failed.is_none() {
-            let mut raw = [0u8; HEAD_BYTES];
-            raw.copy_from_slice(&self.read[..HEAD_BYTES]);
-            let head = Head::parse(&raw);
-            if head.length > DEFAULT_MAX_FRAME_BYTES {
-                return Err(ConnectionError::new(
-                    Reason::FRAME_SIZE_ERROR,
-                    format!("a frame of {} bytes", head.length),
+        if !self.settings_read && self.core.read.len() >= HEAD_BYTES {
+            // §3.4: the server's preface is a SETTINGS frame.
+            let (kind, frame_flags) = (self.core.read[3], self.core.read[4]);
+            if kind != 4 || frame_flags & flags::ACK != 0 {
+                return Err(crate::conn::protocol(
+                    "the server's first frame is not SETTINGS",
                 ));
             }
-            let total = HEAD_BYTES + head.length as usize;
-            if self.read.len() < total {
-                self.read.reserve(total - self.read.len());
-                break;
-            }
-            self.read.advance(HEAD_BYTES);
-            let payload = self.read.split_to(head.length as usize).freeze();
-            self.on_frame(head, payload)?;
+            self.settings_read = true;
         }
-        if self.unacknowledged >= self.connection_window_bytes / 2 {
-            frame::encode_window_update(&mut self.write, 0, self.unacknowledged);
-            self.unacknowledged = 0;
+        while self.failed.is_none() {
+            let Some(event) = self.core.next_event()? else {
+                break;
+            };
+            self.on_event(event)?;
         }
         Ok(())
     }
 
-    fn on_frame(&mut self, head: Head, mut payload: Bytes) -> Result<(), ConnectionError> {
-        if self.continuation.is_some() && head.kind != Kind::Continuation {
-            return Err(protocol("a header block was interrupted by another frame"));
-        }
-        match head.kind {
-            Kind::Data => {
-                if head.stream == 0 {
-                    return Err(protocol("DATA on stream 0"));
-                }
-                self.unacknowledged += head.length;
-                if head.has(flags::PADDED) {
-                    frame::strip_padding(&mut payload)?;
-                }
-                self.on_data(
-                    head.stream,
-                    payload,
-                    head.length,
-                    head.has(flags::END_STREAM),
-                );
-                Ok(())
-            }
-            Kind::Headers => {
-                if head.stream == 0 {
-                    return Err(protocol("HEADERS on stream 0"));
-                }
-                if head.has(flags::PADDED) {
-                    frame::strip_padding(&mut payload)?;
-                }
-                if head.has(flags::PRIORITY) {
-                    if payload.len() < 5 {
-                        return Err(ConnectionError::new(
-                            Reason::FRAME_SIZE_ERROR,
-                            "HEADERS too short for its priority",
-                        ));
-                    }
-                    payload.advance(5);
-                }
-                let end_stream = head.has(flags::END_STREAM);
-                if head.has(flags::END_HEADERS) {
-                    return self.on_header_block(head.stream, end_stream, &payload);
-                }
-                self.continuation = Some((head.stream, end_stream, BytesMut::from(&payload[..])));
-                Ok(())
-            }
-            Kind::Continuation => {
-                let Some((stream, end_stream, mut block)) = self.continuation.take() else {
-                    return Err(protocol("CONTINUATION without HEADERS"));
-                };
-                if head.stream != stream {
-                    return Err(protocol("CONTINUATION on another stream"));
-                }
-                if block.len() + payload.len() > 1 << 20 {
-                    return Err(ConnectionError::new(
-                        Reason::ENHANCE_YOUR_CALM,
-                        "a header block over 1 MiB",
-                    ));
-                }
-                block.extend_from_slice(&payload);
-                if head.has(flags::END_HEADERS) {
-                    return self.on_header_block(stream, end_stream, &block);
-                }
-                self.continuation = Some((stream, end_stream, block));
-                Ok(())
-            }
-            Kind::RstStream => {
-                let raw: [u8; 4] = payload[..].try_into().map_err(|_| {
-                    ConnectionError::new(Reason::FRAME_SIZE_ERROR, "RST_STREAM is not 4 bytes")
-                })?;
-                self.on_reset(head.stream, Reason(u32::from_be_bytes(raw)));
-                Ok(())
-            }
-            Kind::Settings => {
-                if head.stream != 0 {
-                    return Err(protocol("SETTINGS on a stream"));
-                }
-                if head.has(flags::ACK) {
-                    return Ok(());
-                }
-                let settings = Settings::parse(&payload)?;
-                self.apply(settings)?;
-                frame::encode_settings_ack(&mut self.write);
-                Ok(())
-            }
-            Kind::PushPromise => Err(protocol("PUSH_PROMISE, though push is disabled")),
-            Kind::Ping => {
-                let ping: [u8; 8] = payload[..].try_into().map_err(|_| {
-                    ConnectionError::new(Reason::FRAME_SIZE_ERROR, "PING is not 8 bytes")
-                })?;
-                if !head.has(flags::ACK) {
-                    frame::encode_ping(&mut self.write, ping, true);
-                }
-                Ok(())
-            }
-            Kind::GoAway => {
-                if payload.len() < 8 {
-                    return Err(protocol("GOAWAY shorter than 8 bytes"));
-                }
-                let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-                    & MAX_WINDOW_BYTES;
-                self.on_goaway(last);
-                Ok(())
-            }
-            Kind::WindowUpdate => {
-                let raw: [u8; 4] = payload[..].try_into().map_err(|_| {
-                    ConnectionError::new(Reason::FRAME_SIZE_ERROR, "WINDOW_UPDATE is not 4 bytes")
-                })?;
-                let increment = i64::from(u32::from_be_bytes(raw) & MAX_WINDOW_BYTES);
-                if head.stream == 0 {
-                    self.send_window += increment;
-                    if increment == 0 || self.send_window > i64::from(MAX_WINDOW_BYTES) {
-                        return Err(ConnectionError::new(
-                            Reason::FLOW_CONTROL_ERROR,
-                            "a bad connection WINDOW_UPDATE",
-                        ));
-                    }
-                } else if let Some(stream) = self.streams.get_mut(&head.stream) {
-                    stream.send_window += increment;
+    fn on_event(&mut self, event: Event) -> Result<(), ConnectionError> {
+        match event {
+            Event::Data {
+                stream,
+                payload,
+                flow,
+                end_stream,
+            } => self.on_data(stream, payload, flow, end_stream),
+            Event::Headers {
+                stream,
+                end_stream,
+                block,
+            } => self.on_header_block(stream, end_stream, &block)?,
+            Event::Reset { stream, reason } => self.on_reset(stream, reason),
+            Event::Settings(settings) => {
+                if let Some(window) = settings.initial_window_size {
+                    shift_windows(
+                        self.core.peer_initial_window,
+                        window,
+                        self.streams.values_mut().map(|s| &mut s.send_window),
+                    )?;
+                    self.core.peer_initial_window = window;
                 }
                 self.send_blocked();
-                Ok(())
             }
-            Kind::Priority | Kind::Unknown(_) => Ok(()),
-        }
-    }
-
-    fn apply(&mut self, settings: Settings) -> Result<(), ConnectionError> {
-        if let Some(size) = settings.max_frame_size {
-            self.peer_max_frame = size;
-        }
-        if let Some(streams) = settings.max_concurrent_streams {
-            self.peer_max_streams = streams;
-        }
-        if let Some(window) = settings.initial_window_size {
-            let delta = i64::from(window) - i64::from(self.peer_initial_window);
-            self.peer_initial_window = window;
-            for stream in self.streams.values_mut() {
-                stream.send_window += delta;
-                if stream.send_window > i64::from(MAX_WINDOW_BYTES) {
-                    return Err(ConnectionError::new(
-                        Reason::FLOW_CONTROL_ERROR,
-                        "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream's window",
-                    ));
+            Event::GoAway {
+                last_stream,
+                reason,
+            } => {
+                if reason != Reason::NO_ERROR {
+                    tracing::debug!(%reason, last_stream, "the gRPC server sent GOAWAY");
                 }
+                self.on_goaway(last_stream);
             }
-            self.send_blocked();
+            Event::WindowUpdate { stream, increment } => {
+                if let Some(state) = self.streams.get_mut(&stream) {
+                    state.send_window += i64::from(increment);
+                    if increment == 0 || state.send_window > i64::from(MAX_WINDOW_BYTES) {
+                        self.reset_with(stream, unknown("the server broke flow control"));
+                    }
+                }
+                self.send_blocked();
+            }
+            Event::StreamError { stream, .. } => {
+                self.reset_with(stream, unknown("the server sent a malformed frame"));
+            }
+            Event::Alive => {
+                self.ping_sent = None;
+                self.send_blocked();
+            }
         }
         Ok(())
     }
 
-    /// The server will not process streams above `last`: send those again later.
+    /// The server will not process streams above `last`: send those again elsewhere.
     fn on_goaway(&mut self, last: u32) {
-        self.goaway = Some(self.goaway.map_or(last, |seen| seen.min(last)));
+        self.draining = true;
         let refused: Vec<u32> = self
             .streams
             .keys()
@@ -958,45 +970,43 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             requeue(&mut self.waiting, stream.call, true);
             return;
         }
-        // After a complete answer, NO_ERROR only asks us to stop sending (§8.1).
-        if reason == Reason::NO_ERROR && stream.message.is_some() {
-            finish_unary(stream, Status::new(Code::Ok, ""));
-            return;
-        }
-        let code = match reason {
-            Reason::REFUSED_STREAM => Code::Unavailable,
-            Reason::CANCEL => Code::Cancelled,
-            Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
-            _ => Code::Internal,
+        let status = if reason == Reason::CANCEL {
+            Status::cancelled("the server cancelled the call")
+        } else {
+            unknown(format!("the server reset the stream ({reason})"))
         };
-        stream.call.sink.fail(Status::new(
-            code,
-            format!("the server reset the stream ({reason})"),
-        ));
+        stream.call.sink.fail(status);
     }
 
-    fn on_data(&mut self, id: u32, data: Bytes, flow_length: u32, end_stream: bool) {
+    fn on_data(&mut self, id: u32, data: Bytes, flow: u32, end_stream: bool) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return; // cancelled by us: ignore what was in flight
         };
+        if !stream.window.receive(flow) {
+            self.reset_with(id, unknown("the server overran the stream's window"));
+            return;
+        }
         if stream.headers.is_none() {
-            self.reset_with(id, Status::internal("response DATA before its headers"));
+            self.reset_with(id, unknown("response DATA before its headers"));
             return;
         }
         stream.partial.extend_from_slice(&data);
-        stream.consumed += match stream.call.sink {
-            Sink::Unary(_) => flow_length,
+        match stream.call.sink {
+            Sink::Unary(_) => stream.window.release(&mut self.core.write, id, flow),
             // Padding now; the messages once the caller takes them.
-            Sink::Streaming(_) => flow_length - data.len() as u32,
-        };
+            Sink::Streaming(_) => {
+                let padding = flow - data.len() as u32;
+                stream.window.release(&mut self.core.write, id, padding);
+            }
+        }
         let mut failure = None;
         while let Some(length) = grpc::declared_length(&stream.partial) {
             if stream.partial[0] != 0 {
-                failure = Some(Status::internal("the server sent a compressed message"));
+                failure = Some(unknown("the server sent a compressed message"));
                 break;
             }
             if length > self.max_response_bytes {
-                failure = Some(Status::out_of_range(format!(
+                failure = Some(unknown(format!(
                     "a response message of {length} bytes; the limit is {}",
                     self.max_response_bytes
                 )));
@@ -1015,26 +1025,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     }
                 }
                 Sink::Unary(_) if stream.message.is_some() => {
-                    failure = Some(Status::internal("more than one response message"));
+                    failure = Some(unknown("more than one response message"));
                     break;
                 }
                 Sink::Unary(_) => stream.message = Some(message),
             }
         }
         if let Some(status) = failure {
-            self.keys.remove(&stream.call.key);
-            frame::encode_rst_stream(&mut self.write, id, Reason::CANCEL);
-            if let Some(stream) = self.streams.remove(&id) {
-                stream.call.sink.fail(status);
-            }
-            return;
-        }
-        if end_stream {
-            let status = Status::internal("the response ended without trailers");
-            self.finish(id, status);
-        } else if stream.consumed >= self.stream_window_bytes / 2 {
-            frame::encode_window_update(&mut self.write, id, stream.consumed);
-            stream.consumed = 0;
+            self.reset_with(id, status);
+        } else if end_stream {
+            self.finish(id, unknown("the response ended without trailers"));
         }
     }
 
@@ -1044,32 +1044,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         end_stream: bool,
         block: &[u8],
     ) -> Result<(), ConnectionError> {
-        let mut head = ResponseHead::default();
-        self.decoder
+        let mut head = ResponseHead::new(self.max_header_list_bytes);
+        self.core
+            .decoder
             .decode(block, |name, value| head.field(name, value))?;
         let Some(stream) = self.streams.get_mut(&id) else {
             return Ok(()); // cancelled by us
         };
+        if head.too_large {
+            self.reset_with(id, unknown("the response's headers are too large"));
+            return Ok(());
+        }
         if stream.headers.is_none() {
             stream.headers = Some(head.http_status.unwrap_or(0));
             if !end_stream {
-                if head.http_status == Some(200)
-                    && let Sink::Streaming(items) = &stream.call.sink
-                {
-                    let _ = items.send(Item::Started);
-                }
                 if head.http_status != Some(200) {
-                    let status = http_status(head.http_status);
-                    self.keys.remove(&stream.call.key);
-                    frame::encode_rst_stream(&mut self.write, id, Reason::CANCEL);
-                    if let Some(stream) = self.streams.remove(&id) {
-                        stream.call.sink.fail(status);
-                    }
+                    self.reset_with(id, http_status(head.http_status));
+                } else if let Sink::Streaming(items) = &stream.call.sink {
+                    let _ = items.send(Item::Started);
                 }
                 return Ok(());
             }
         } else if !end_stream {
-            self.reset_with(id, Status::internal("response trailers without END_STREAM"));
+            self.reset_with(id, unknown("response trailers without END_STREAM"));
             return Ok(());
         }
         let http = stream.headers.filter(|s| *s != 0);
@@ -1078,8 +1075,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         Ok(())
     }
 
+    /// Resets stream `id` and fails its call with `status`.
     fn reset_with(&mut self, id: u32, status: Status) {
-        frame::encode_rst_stream(&mut self.write, id, Reason::CANCEL);
+        frame::encode_rst_stream(&mut self.core.write, id, Reason::CANCEL);
         if let Some(stream) = self.streams.remove(&id) {
             self.keys.remove(&stream.call.key);
             stream.call.sink.fail(status);
@@ -1094,10 +1092,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         self.keys.remove(&stream.call.key);
         if !stream.unsent.is_empty() {
             // The server answered before taking the whole request: stop sending.
-            frame::encode_rst_stream(&mut self.write, id, Reason::CANCEL);
+            frame::encode_rst_stream(&mut self.core.write, id, Reason::CANCEL);
         }
-        finish_unary(stream, status);
+        deliver(stream, status);
     }
+}
+
+/// For the fuzzer (feature `fuzzing`): one client connection over `io`, with `calls`
+/// unary calls and one server-streaming call to send, driven until it ends, whatever
+/// the peer sends; the outcomes are dropped.
+#[cfg(feature = "fuzzing")]
+pub async fn fuzz_connection<T: AsyncRead + AsyncWrite + Unpin>(io: T, calls: usize) {
+    let mut waiting = VecDeque::new();
+    let mut answers = Vec::new();
+    let call = |key, sink| Call {
+        key,
+        path: "/fuzz.S/M",
+        headers: Bytes::new(),
+        body: Bytes::from_static(&[0, 0, 0, 0, 0]),
+        sink,
+        resends: 0,
+    };
+    for key in 0..calls as u64 {
+        let (reply, answer) = oneshot::channel();
+        answers.push(answer);
+        waiting.push_back(call(key, Sink::Unary(reply)));
+    }
+    let (items, _stream) = mpsc::unbounded_channel();
+    waiting.push_back(call(calls as u64, Sink::Streaming(items)));
+    let mut connection = Connection::new(io, "fuzz", &ChannelConfig::default(), waiting);
+    let _ = std::future::poll_fn(|cx| connection.poll(cx, None)).await;
 }
 
 /// Puts a call that had no effect back in line (at the front, or the back), unless it
@@ -1105,7 +1129,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 fn requeue(line: &mut VecDeque<Call>, mut call: Call, front: bool) {
     if call.resends >= RESENDS_MAX {
         call.sink.fail(not_sent(format!(
-            "the server refused the call unprocessed {RESENDS_MAX} times"
+            "the call could not be delivered in {RESENDS_MAX} tries: connections failed, \
+             or the server refused it unprocessed"
         )));
         return;
     }
@@ -1118,61 +1143,27 @@ fn requeue(line: &mut VecDeque<Call>, mut call: Call, front: bool) {
 }
 
 /// Hands a finished call its outcome: the message (unary) or the end of the stream.
-fn finish_unary(stream: StreamState, status: Status) {
+fn deliver(stream: StreamState, status: Status) {
     let leftover = !stream.partial.is_empty();
     match stream.call.sink {
         Sink::Unary(reply) => {
             let outcome = match (status.code(), stream.message) {
-                (Code::Ok, _) if leftover => {
-                    Err(Status::internal("the response ended inside a message"))
-                }
+                (Code::Ok, _) if leftover => Err(unknown("the response ended inside a message")),
                 (Code::Ok, Some(message)) => Ok(message),
-                (Code::Ok, None) => Err(Status::internal("the response has no message")),
+                (Code::Ok, None) => Err(unknown("the response has no message")),
                 _ => Err(status),
             };
             let _ = reply.send(outcome);
         }
         Sink::Streaming(items) => {
             let status = if leftover && status.code() == Code::Ok {
-                Status::internal("the response ended inside a message")
+                unknown("the response ended inside a message")
             } else {
                 status
             };
             let _ = items.send(Item::End(status));
         }
     }
-}
-
-/// Writes as much of a stream's request as the windows allow; whether some is left.
-fn send_request(
-    out: &mut BytesMut,
-    id: u32,
-    stream: &mut StreamState,
-    connection_window: &mut i64,
-    max_frame: u32,
-) -> bool {
-    loop {
-        let allowed = (*connection_window)
-            .min(stream.send_window)
-            .min(i64::from(max_frame));
-        let length = stream.unsent.len().min(allowed.max(0) as usize);
-        if length == 0 && !stream.unsent.is_empty() {
-            return true;
-        }
-        let last = length == stream.unsent.len();
-        frame::encode_data_head(out, id, length as u32, last);
-        out.extend_from_slice(&stream.unsent[..length]);
-        stream.unsent.advance(length);
-        *connection_window -= length as i64;
-        stream.send_window -= length as i64;
-        if last {
-            return false;
-        }
-    }
-}
-
-fn protocol(message: &str) -> ConnectionError {
-    ConnectionError::new(Reason::PROTOCOL_ERROR, message)
 }
 
 /// The gRPC status of a response that is not gRPC (gRPC over HTTP/2's mapping).
@@ -1187,21 +1178,41 @@ fn http_status(status: Option<u16>) -> Status {
     };
     match status {
         Some(status) => Status::new(code, format!("the server answered HTTP {status}")),
-        None => Status::internal("the response has no :status"),
+        None => unknown("the response has no :status"),
     }
 }
 
 /// What a response header block (headers or trailers) said.
-#[derive(Default)]
 struct ResponseHead {
     http_status: Option<u16>,
     grpc_status: Option<Code>,
     message: Option<String>,
     metadata: http::HeaderMap,
+    /// Header bytes decoded, counted as SETTINGS_MAX_HEADER_LIST_SIZE counts them.
+    size: usize,
+    limit: usize,
+    too_large: bool,
 }
 
 impl ResponseHead {
+    fn new(limit: usize) -> ResponseHead {
+        ResponseHead {
+            http_status: None,
+            grpc_status: None,
+            message: None,
+            metadata: http::HeaderMap::new(),
+            size: 0,
+            limit,
+            too_large: false,
+        }
+    }
+
     fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.size += name.len() + value.len() + 32;
+        if self.size > self.limit {
+            self.too_large = true;
+            return;
+        }
         match name {
             b":status" => {
                 self.http_status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
@@ -1209,13 +1220,15 @@ impl ResponseHead {
             b"grpc-status" => self.grpc_status = Some(Code::from_bytes(value)),
             b"grpc-message" => self.message = Some(percent_decode(value)),
             b"grpc-status-details-bin" | b"content-type" => {}
-            _ if name.first() == Some(&b':') => {}
+            // Pseudo-headers, and this transport's own marker, which a server may not set.
+            _ if name.first() == Some(&b':') || name.starts_with(b"rkv-grpc-") => {}
             _ => {
                 if let (Ok(name), Ok(value)) = (
                     http::HeaderName::from_bytes(name),
                     http::HeaderValue::from_bytes(value),
-                ) {
-                    self.metadata.append(name, value);
+                ) && self.metadata.try_append(name, value).is_err()
+                {
+                    self.too_large = true;
                 }
             }
         }
@@ -1227,7 +1240,7 @@ impl ResponseHead {
         let Some(code) = self.grpc_status else {
             let http = self.http_status.or(http);
             return if http == Some(200) {
-                Status::internal("the response has no grpc-status")
+                unknown("the response has no grpc-status")
             } else {
                 http_status(http)
             };
@@ -1277,15 +1290,16 @@ mod tests {
         assert_eq!(http_status(Some(404)).code(), Code::Unimplemented);
         assert_eq!(http_status(Some(503)).code(), Code::Unavailable);
         assert_eq!(http_status(Some(415)).code(), Code::Unknown);
-        assert_eq!(http_status(None).code(), Code::Internal);
+        assert_eq!(http_status(None).code(), Code::Unknown);
     }
 
     #[test]
-    fn trailers_become_a_status_with_metadata() {
-        let mut head = ResponseHead::default();
+    fn trailers_become_a_status_with_metadata_but_never_the_not_sent_marker() {
+        let mut head = ResponseHead::new(64 * 1024);
         head.field(b"grpc-status", b"14");
         head.field(b"grpc-message", b"not%20the%20leader");
         head.field(b"rkv-leader-id", b"3");
+        head.field(NOT_SENT_KEY.as_bytes(), b"1");
         let status = head.into_status(Some(200));
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "not the leader");
@@ -1296,7 +1310,21 @@ mod tests {
                 .and_then(|v| v.to_str().ok()),
             Some("3")
         );
-        let missing = ResponseHead::default().into_status(Some(200));
-        assert_eq!(missing.code(), Code::Internal);
+        assert!(
+            !status.metadata().contains_key(NOT_SENT_KEY),
+            "forged by the server"
+        );
+        let missing = ResponseHead::new(64 * 1024).into_status(Some(200));
+        assert_eq!(missing.code(), Code::Unknown, "maybe applied");
+    }
+
+    #[test]
+    fn a_huge_header_block_is_cut_off_not_collected() {
+        let mut head = ResponseHead::new(64 * 1024);
+        for i in 0..100_000 {
+            head.field(format!("x-{i}").as_bytes(), b"v");
+        }
+        assert!(head.too_large);
+        assert!(head.metadata.len() < 2000, "{}", head.metadata.len());
     }
 }

@@ -19,6 +19,8 @@ pub const MAX_FRAME_BYTES_LIMIT: u32 = (1 << 24) - 1;
 pub const DEFAULT_WINDOW_BYTES: u32 = 65_535;
 /// The largest a flow-control window may grow (§6.9.1).
 pub const MAX_WINDOW_BYTES: u32 = (1 << 31) - 1;
+/// The bits of a stream id (the top bit of the field is reserved), and the largest id.
+pub const STREAM_ID_MASK: u32 = (1 << 31) - 1;
 
 /// A frame's type (§6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +117,7 @@ impl Head {
             length: u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]),
             kind: Kind::from_byte(bytes[3]),
             flags: bytes[4],
-            stream: u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & MAX_WINDOW_BYTES,
+            stream: u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & STREAM_ID_MASK,
         }
     }
 
@@ -129,7 +131,7 @@ impl Head {
         out.put_slice(&length[1..]);
         out.put_u8(self.kind.to_byte());
         out.put_u8(self.flags);
-        out.put_u32(self.stream & MAX_WINDOW_BYTES);
+        out.put_u32(self.stream & STREAM_ID_MASK);
     }
 }
 
@@ -389,7 +391,7 @@ pub fn encode_goaway(out: &mut BytesMut, last_stream: u32, reason: Reason, debug
         stream: 0,
     }
     .encode(out);
-    out.put_u32(last_stream & MAX_WINDOW_BYTES);
+    out.put_u32(last_stream & STREAM_ID_MASK);
     out.put_u32(reason.0);
     out.put_slice(debug);
 }

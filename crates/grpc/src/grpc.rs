@@ -134,7 +134,7 @@ pub fn http_error_block(http_status: u16, code: Code, message: &str) -> Bytes {
     let mut out = BytesMut::new();
     hpack::put_literal_indexed_name(
         &mut out,
-        hpack::index::STATUS,
+        hpack::index::STATUS_200,
         http_status.to_string().as_bytes(),
     );
     let mut headers = http::HeaderMap::new();

@@ -24,10 +24,8 @@ pub mod index {
     pub const PATH: usize = 4;
     /// `:scheme: http`.
     pub const SCHEME_HTTP: usize = 6;
-    /// `:status: 200`.
+    /// `:status: 200`, and the name `:status` for other codes.
     pub const STATUS_200: usize = 8;
-    /// `:status` (name only; the entry's value is `200`).
-    pub const STATUS: usize = 8;
     /// `content-type` (name only).
     pub const CONTENT_TYPE: usize = 31;
 }
@@ -393,23 +391,7 @@ impl Decoder {
                 }
                 let (size, taken) = get_integer(rest, 5)?;
                 if size > TABLE_BYTES {
-                    return Err("a table size above SETTINGS_HEADER_    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28,
-    28, 28, 28, 28, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 28,
-    6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6,
-    5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10,
-    13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
-    7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6,
-    15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6, 6, 5,
-    6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28,
-    20, 22, 20, 20, 22, 22, 22, 23, 22, 23, 23, 23, 23, 23, 24, 23,
-    24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24,
-    22, 21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23,
-    21, 21, 22, 21, 23, 22, 23, 23, 20, 22, 22, 22, 23, 22, 22, 23,
-    26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25,
-    19, 21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27,
-    20, 24, 20, 21, 22, 21, 21, 23, 22, 22, 25, 25, 24, 24, 26, 23,
-    26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26,
-    30,_SIZE");
+                    return Err("a table size above SETTINGS_HEADER_TABLE_SIZE");
                 }
                 self.table_max = Some(size);
                 self.evict(0);

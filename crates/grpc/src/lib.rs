@@ -26,10 +26,13 @@
 //! flow control in both directions. Compression is refused (rkv never asks for it).
 
 pub mod client;
+mod conn;
 pub mod frame;
 pub mod grpc;
 pub mod hpack;
 pub mod server;
 
+#[cfg(feature = "fuzzing")]
+pub use client::fuzz_connection;
 pub use client::{Channel, ChannelConfig, NOT_SENT_KEY, Streaming};
-pub use server::{Router, ServeError, ServerConfig, serve, serve_connection};
+pub use server::{Router, ServeError, ServerConfig, Shared, serve, serve_connection};

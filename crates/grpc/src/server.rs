@@ -8,29 +8,32 @@
 //! it, one wake-up after the reply. Handlers are the methods of the tonic-generated
 //! service traits, so the services are the same code whichever transport serves them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{self, AbortHandle, Abortable, SelectAll, Stream, StreamExt};
+use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt, TryFutureExt, TryStreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
+use crate::conn::{Core, Event, Local, RecvWindow, protocol, shift_windows};
 use crate::frame::{
-    self, ConnectionError, DEFAULT_MAX_FRAME_BYTES, DEFAULT_WINDOW_BYTES, HEAD_BYTES, Head, Kind,
-    MAX_WINDOW_BYTES, PREFACE, Reason, Settings, flags, setting,
+    self, ConnectionError, DEFAULT_WINDOW_BYTES, HEAD_BYTES, MAX_WINDOW_BYTES, PREFACE, Reason,
+    flags, setting,
 };
 use crate::grpc::{self, PREFIX_BYTES};
-use crate::hpack;
 
 /// What a call answers, in order.
 enum Answer {
@@ -50,7 +53,8 @@ type Handler = Box<dyn Fn(MetadataMap, Bytes) -> Responses + Send + Sync>;
 /// The methods a server serves, by path (`/package.Service/Method`).
 pub struct Router {
     paths: HashMap<Box<[u8]>, usize>,
-    handlers: Vec<Handler>,
+    /// Each handler, and whether its method is server-streaming.
+    handlers: Vec<(Handler, bool)>,
     max_message_bytes: usize,
 }
 
@@ -64,10 +68,10 @@ impl Router {
         }
     }
 
-    fn add(mut self, path: &str, handler: Handler) -> Router {
+    fn add(mut self, path: &str, handler: Handler, streaming: bool) -> Router {
         self.paths
             .insert(path.as_bytes().into(), self.handlers.len());
-        self.handlers.push(handler);
+        self.handlers.push((handler, streaming));
         self
     }
 
@@ -93,6 +97,7 @@ impl Router {
                 }
                 Err(e) => refuse(e),
             }),
+            false,
         )
     }
 
@@ -124,6 +129,7 @@ impl Router {
                 }
                 Err(e) => refuse(e),
             }),
+            true,
         )
     }
 }
@@ -138,35 +144,114 @@ fn refuse(error: prost::DecodeError) -> Responses {
     )))))
 }
 
-/// Limits of a server's connections.
+/// Limits of a server and of each of its connections.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Calls one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
     /// more are refused with REFUSED_STREAM, which clients retry.
     pub max_concurrent_streams: u32,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
     /// The largest header block (after decoding) a request may have.
     pub max_header_list_bytes: usize,
     /// The receive window of each stream (SETTINGS_INITIAL_WINDOW_SIZE).
     pub stream_window_bytes: u32,
     /// The receive window of each connection.
     pub connection_window_bytes: u32,
+    /// Request bytes the server's connections may hold, all together, for requests that
+    /// have not arrived whole; a request that would take more is refused
+    /// (RESOURCE_EXHAUSTED, not processed). This, not flow control, bounds what clients
+    /// can make the server buffer.
+    pub buffered_request_bytes_max: usize,
     /// Answers waiting to be written beyond which a connection stops reading requests
-    /// (its client is not reading).
+    /// and stops taking answers from its calls (its client is not reading).
     pub write_buffer_bytes_max: usize,
+    /// How long a client may take to send its preface and SETTINGS.
+    pub handshake_timeout: Duration,
+    /// How long answers may wait for a client that reads nothing before its
+    /// connection is closed.
+    pub write_stall_timeout: Duration,
+    /// Client resets of running calls one connection may make in
+    /// [`RESETS_WINDOW`] before it is sent away (ENHANCE_YOUR_CALM): starting a call and
+    /// resetting it at once costs the client nothing and the server a call.
+    pub resets_max: u32,
     /// How long a shutdown waits for calls in flight.
     pub shutdown_grace: Duration,
 }
+
+/// The span over which [`ServerConfig::resets_max`] counts.
+pub const RESETS_WINDOW: Duration = Duration::from_secs(10);
 
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             max_concurrent_streams: 4096,
+            max_connections: 10_000,
             max_header_list_bytes: 16 * 1024,
             stream_window_bytes: 1 << 20,
             connection_window_bytes: 16 << 20,
+            buffered_request_bytes_max: 256 << 20,
             write_buffer_bytes_max: 4 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(30),
+            resets_max: 10_000,
             shutdown_grace: Duration::from_secs(5),
         }
+    }
+}
+
+/// What the connections of one server share: the limits, and the request bytes they
+/// hold all together.
+#[derive(Debug)]
+pub struct Shared {
+    config: ServerConfig,
+    buffered_request_bytes: AtomicUsize,
+}
+
+impl Shared {
+    /// The shared state of a server with `config`.
+    pub fn new(config: ServerConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            config,
+            buffered_request_bytes: AtomicUsize::new(0),
+        })
+    }
+
+    /// Request bytes held now, all connections together.
+    pub fn buffered_request_bytes(&self) -> usize {
+        self.buffered_request_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// A share of [`ServerConfig::buffered_request_bytes_max`], given back when dropped.
+struct Claim {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Claim {
+    /// Takes `more` bytes; false (taking nothing) if that would pass the budget.
+    fn grow(&mut self, more: usize) -> bool {
+        let before = self
+            .shared
+            .buffered_request_bytes
+            .fetch_add(more, Ordering::Relaxed);
+        if before + more > self.shared.config.buffered_request_bytes_max {
+            self.shared
+                .buffered_request_bytes
+                .fetch_sub(more, Ordering::Relaxed);
+            return false;
+        }
+        self.bytes += more;
+        true
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.shared
+            .buffered_request_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -179,7 +264,7 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let config = Arc::new(config);
+    let shared = Shared::new(config);
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -188,12 +273,23 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    if connections.len() >= shared.config.max_connections {
+                        tracing::warn!(%peer, limit = shared.config.max_connections, "too many gRPC connections: closed a new one");
+                        continue;
+                    }
                     // Answers go out at once: with Nagle's algorithm one could wait for
                     // the client's delayed ACK (40 ms).
                     let _ = socket.set_nodelay(true);
-                    let (router, config, stopping) = (router.clone(), config.clone(), stopping.clone());
+                    // A client that vanished (a partition, a killed host) must not hold
+                    // its connection forever: keepalive probes close it.
+                    let keepalive = socket2::TcpKeepalive::new()
+                        .with_time(KEEPALIVE_IDLE)
+                        .with_interval(KEEPALIVE_INTERVAL)
+                        .with_retries(KEEPALIVE_RETRIES);
+                    let _ = socket2::SockRef::from(&socket).set_tcp_keepalive(&keepalive);
+                    let (router, shared, stopping) = (router.clone(), shared.clone(), stopping.clone());
                     connections.spawn(async move {
-                        match serve_connection(socket, router, config, stopping).await {
+                        match serve_connection(socket, router, shared, stopping).await {
                             Err(ServeError::Protocol(e)) => {
                                 tracing::warn!(%peer, error = %e, "a gRPC client broke the protocol");
                             }
@@ -213,7 +309,7 @@ pub async fn serve(
     }
     let _ = stop.send(true);
     let drained = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(config.shutdown_grace, drained)
+    if tokio::time::timeout(shared.config.shutdown_grace, drained)
         .await
         .is_err()
     {
@@ -221,13 +317,30 @@ pub async fn serve(
     }
 }
 
+/// Idle time before keepalive probes start on a client's connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Time between keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Unanswered keepalive probes before a client's connection is closed.
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Rounds of reading, answering and writing one poll of a connection does at most
+/// before it yields to the runtime.
+const TURNS_PER_POLL: usize = 64;
+/// Answers taken from the calls in one round at most.
+const OUTPUTS_PER_TURN: usize = 4096;
+/// How long a closing connection keeps reading (and dropping) what its client still
+/// sends, so that closing does not turn into a reset that could destroy the GOAWAY.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// Why a connection ended early.
 #[derive(Debug)]
 pub enum ServeError {
     /// The socket failed.
     Io(std::io::Error),
-    /// The protocol was broken (by the peer, or it told us so in a GOAWAY).
+    /// The client broke the protocol (the GOAWAY it was sent says how).
     Protocol(ConnectionError),
+    /// The client sent no preface in time, or read nothing of the answers for too long.
+    TimedOut(&'static str),
 }
 
 impl std::fmt::Display for ServeError {
@@ -235,6 +348,7 @@ impl std::fmt::Display for ServeError {
         match self {
             ServeError::Io(e) => write!(f, "i/o: {e}"),
             ServeError::Protocol(e) => write!(f, "{e}"),
+            ServeError::TimedOut(what) => write!(f, "timed out: {what}"),
         }
     }
 }
@@ -246,13 +360,13 @@ impl std::error::Error for ServeError {}
 pub async fn serve_connection<T>(
     io: T,
     router: Arc<Router>,
-    config: Arc<ServerConfig>,
+    shared: Arc<Shared>,
     mut stopping: watch::Receiver<bool>,
 ) -> Result<(), ServeError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut connection = Connection::new(io, router, config);
+    let mut connection = Connection::new(io, router, shared);
     let stop = async {
         while !*stopping.borrow_and_update() {
             if stopping.changed().await.is_err() {
@@ -261,12 +375,17 @@ where
             }
         }
     };
-    tokio::select! {
-        result = std::future::poll_fn(|cx| connection.poll(cx)) => return result,
-        () = stop => {}
+    let result = tokio::select! {
+        result = std::future::poll_fn(|cx| connection.poll(cx)) => result,
+        () = stop => {
+            connection.go_away(Reason::NO_ERROR, "the server is shutting down");
+            std::future::poll_fn(|cx| connection.poll(cx)).await
+        }
+    };
+    if !connection.eof {
+        connection.linger().await;
     }
-    connection.go_away(Reason::NO_ERROR, "the server is shutting down");
-    std::future::poll_fn(|cx| connection.poll(cx)).await
+    result
 }
 
 /// Where a request's body has got to.
@@ -327,8 +446,30 @@ struct Receiving {
     metadata: MetadataMap,
     timeout: Option<Duration>,
     body: Body,
-    /// Bytes received since the stream's window was last topped up.
-    unacknowledged: u32,
+    /// What the client may still send on this stream.
+    window: RecvWindow,
+    /// The body's share of the server's budget.
+    claim: Claim,
+}
+
+/// Whether a streaming call may produce its next message: closed while the messages it
+/// already produced wait for the client's window, so that a client that does not read
+/// makes its call wait (a watch then lags and ends) instead of filling memory.
+#[derive(Default)]
+struct Gate {
+    closed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Gate {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    fn open(&self) {
+        self.closed.store(false, Ordering::Release);
+        self.waker.wake();
+    }
 }
 
 /// One stream (one call) of the connection.
@@ -341,23 +482,29 @@ struct StreamState {
     send_window: i64,
     headers_sent: bool,
     /// Data frames' payloads waiting for flow-control window, in order.
-    blocked: std::collections::VecDeque<Bytes>,
+    blocked: VecDeque<Bytes>,
+    /// Whether the stream is in the connection's list of blocked streams.
+    listed_blocked: bool,
     /// The closing header block, waiting behind `blocked`.
     closing: Option<Bytes>,
     /// Cancels the running call.
     abort: Option<AbortHandle>,
+    /// A streaming call's gate.
+    gate: Option<Arc<Gate>>,
 }
 
-/// A running call's next output, tagged with its stream: a message, a status that
+/// A running call's next output, tagged with its stream: an answer, a status that
 /// ends it, or `None` when it has ended (successfully, or because it was aborted).
 type Output = (u32, Option<Result<Answer, Status>>);
 
-/// A running call as a stream of [`Output`]s that always ends with `(id, None)`, and
-/// fails with DEADLINE_EXCEEDED when its `grpc-timeout` passes.
+/// A running call as a stream of [`Output`]s that always ends with `(id, None)`; fails
+/// with DEADLINE_EXCEEDED when its `grpc-timeout` passes, and with UNKNOWN if its
+/// handler panics (the call may have had an effect).
 struct Tagged {
     id: u32,
     responses: Abortable<Responses>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    gate: Option<Arc<Gate>>,
     ended: bool,
 }
 
@@ -375,8 +522,28 @@ impl Stream for Tagged {
             let status = Status::deadline_exceeded("the call's grpc-timeout passed");
             return Poll::Ready(Some((self.id, Some(Err(status)))));
         }
-        let item = ready!(self.responses.poll_next_unpin(cx));
-        if item.is_none() {
+        if let Some(gate) = &self.gate
+            && gate.closed.load(Ordering::Acquire)
+        {
+            gate.waker.register(cx.waker());
+            if gate.closed.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+        }
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.responses.poll_next_unpin(cx)
+        }));
+        let item = match polled {
+            Ok(Poll::Ready(item)) => item,
+            Ok(Poll::Pending) => return Poll::Pending,
+            Err(_) => {
+                tracing::error!(stream = self.id, "a gRPC handler panicked");
+                Some(Err(Status::unknown(
+                    "the server failed while handling the call; it may or may not have had an effect",
+                )))
+            }
+        };
+        if item.is_none() || matches!(item, Some(Err(_))) {
             self.ended = true;
         }
         Poll::Ready(Some((self.id, item)))
@@ -385,105 +552,94 @@ impl Stream for Tagged {
 
 /// The server side of one HTTP/2 connection.
 struct Connection<T> {
-    io: T,
+    core: Core<T>,
     router: Arc<Router>,
-    config: Arc<ServerConfig>,
-    read: BytesMut,
-    write: BytesMut,
+    shared: Arc<Shared>,
     preface_read: bool,
     settings_read: bool,
-    decoder: hpack::Decoder,
-    /// A header block waiting for its CONTINUATION frames: (stream, end_stream, block).
-    continuation: Option<(u32, bool, BytesMut)>,
     streams: HashMap<u32, StreamState>,
     /// Streams with data waiting for flow-control window, oldest first.
-    blocked: std::collections::VecDeque<u32>,
+    blocked: VecDeque<u32>,
     calls: SelectAll<Tagged>,
     /// The highest stream id the client has opened.
     last_stream: u32,
-    /// What the client lets us send on the connection.
-    send_window: i64,
-    /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
-    peer_initial_window: u32,
-    /// The client's SETTINGS_MAX_FRAME_SIZE.
-    peer_max_frame: u32,
-    /// Connection-level bytes received since the window was last topped up.
-    unacknowledged: u32,
-    /// We sent a GOAWAY: no new streams.
+    /// No new streams: we sent a GOAWAY, or the client did.
     going_away: bool,
+    /// We sent a GOAWAY.
+    goaway_sent: bool,
     /// The client closed its side of the socket.
     eof: bool,
     /// A connection error to end with once the GOAWAY is written.
     failed: Option<ConnectionError>,
+    /// When the connection last made progress (read or wrote); a handshake that does
+    /// not finish, or answers no one reads, are timed from it.
+    last_progress: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Client resets of running calls since `resets_since`.
+    resets: u32,
+    resets_since: Instant,
     response_headers: Bytes,
     ok_trailers: Bytes,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
-    fn new(io: T, router: Arc<Router>, config: Arc<ServerConfig>) -> Connection<T> {
-        let mut write = BytesMut::with_capacity(16 * 1024);
-        // The server preface (§3.4), and a bigger connection window than the default.
-        frame::encode_settings(
-            &mut write,
-            &[
-                (
-                    setting::MAX_CONCURRENT_STREAMS,
-                    config.max_concurrent_streams,
-                ),
-                (setting::INITIAL_WINDOW_SIZE, config.stream_window_bytes),
-                (
-                    setting::MAX_HEADER_LIST_SIZE,
-                    u32::try_from(config.max_header_list_bytes).unwrap_or(u32::MAX),
-                ),
-            ],
-        );
-        if config.connection_window_bytes > DEFAULT_WINDOW_BYTES {
-            frame::encode_window_update(
-                &mut write,
-                0,
-                (config.connection_window_bytes - DEFAULT_WINDOW_BYTES).min(MAX_WINDOW_BYTES),
-            );
-        }
+    fn new(io: T, router: Arc<Router>, shared: Arc<Shared>) -> Connection<T> {
+        let config = &shared.config;
+        let local = Local {
+            stream_window: config.stream_window_bytes.max(DEFAULT_WINDOW_BYTES),
+            connection_window: config.connection_window_bytes,
+            header_block_bytes_max: 4 * config.max_header_list_bytes + 4096,
+        };
+        let settings = [
+            (
+                setting::MAX_CONCURRENT_STREAMS,
+                config.max_concurrent_streams,
+            ),
+            (setting::INITIAL_WINDOW_SIZE, local.stream_window),
+            (
+                setting::MAX_HEADER_LIST_SIZE,
+                u32::try_from(config.max_header_list_bytes).unwrap_or(u32::MAX),
+            ),
+        ];
+        // The server's preface is its SETTINGS (§3.4).
+        let core = Core::new(io, local, b"", &settings);
+        let now = Instant::now();
+        let handshake = config.handshake_timeout;
         Connection {
-            io,
+            core,
             router,
-            config,
-            read: BytesMut::with_capacity(16 * 1024),
-            write,
+            shared,
             preface_read: false,
             settings_read: false,
-            decoder: hpack::Decoder::default(),
-            continuation: None,
             streams: HashMap::new(),
-            blocked: std::collections::VecDeque::new(),
+            blocked: VecDeque::new(),
             calls: SelectAll::new(),
             last_stream: 0,
-            send_window: i64::from(DEFAULT_WINDOW_BYTES),
-            peer_initial_window: DEFAULT_WINDOW_BYTES,
-            peer_max_frame: DEFAULT_MAX_FRAME_BYTES,
-            unacknowledged: 0,
             going_away: false,
+            goaway_sent: false,
             eof: false,
             failed: None,
+            last_progress: now,
+            timer: Box::pin(tokio::time::sleep_until(now + handshake)),
+            resets: 0,
+            resets_since: now,
             response_headers: grpc::response_headers(),
             ok_trailers: grpc::ok_trailers(),
         }
     }
 
-    /// Does everything that can be done now; ready once the connection is over.
+    /// Does everything that can be done now, or a good share of it (then yields to the
+    /// runtime, to come back at once); ready once the connection is over.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ServeError>> {
-        loop {
+        for _ in 0..TURNS_PER_POLL {
             let mut progress = false;
             if self.may_read() {
-                if self.read.capacity() - self.read.len() < 4096 {
-                    self.read.reserve(16 * 1024);
-                }
-                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
-                    Poll::Ready(Ok(0)) => {
+                match self.core.poll_read(cx) {
+                    Poll::Ready(Ok(false)) => {
                         self.eof = true;
                         progress = true;
                     }
-                    Poll::Ready(Ok(_)) => {
+                    Poll::Ready(Ok(true)) => {
                         progress = true;
                         if let Err(e) = self.read_frames() {
                             self.fail(e);
@@ -493,26 +649,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     Poll::Pending => {}
                 }
             }
-            while let Poll::Ready(Some((id, output))) = self.calls.poll_next_unpin(cx) {
+            // Answers are taken from the calls only while there is room to write them,
+            // and a bounded number per turn (a call that always has one must not keep
+            // the loop from reading and writing).
+            for _ in 0..OUTPUTS_PER_TURN {
+                if self.core.write.len() >= self.shared.config.write_buffer_bytes_max {
+                    break;
+                }
+                let Poll::Ready(Some((id, output))) = self.calls.poll_next_unpin(cx) else {
+                    break;
+                };
                 progress = true;
                 self.on_output(id, output);
             }
-            while !self.write.is_empty() {
-                match Pin::new(&mut self.io).poll_write(cx, &self.write) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(ServeError::Io(
-                            std::io::ErrorKind::WriteZero.into(),
-                        )));
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        self.write.advance(n);
-                        progress = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(ServeError::Io(e))),
-                    Poll::Pending => break,
-                }
+            match self.core.poll_flush(cx) {
+                Ok(flushed) => progress |= flushed,
+                Err(e) => return Poll::Ready(Err(ServeError::Io(e))),
             }
-            if self.write.is_empty() {
+            if self.core.write.is_empty() {
                 if let Some(error) = self.failed.take() {
                     return Poll::Ready(Err(ServeError::Protocol(error)));
                 }
@@ -520,20 +674,66 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     return Poll::Ready(Ok(()));
                 }
             }
-            if !progress {
+            if progress {
+                self.last_progress = Instant::now();
+                continue;
+            }
+            return self.poll_timer(cx);
+        }
+        // Still busy: let the runtime's other tasks run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Times out a handshake that does not finish, and answers nobody reads.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ServeError>> {
+        let config = &self.shared.config;
+        let (limit, what) = if !self.settings_read {
+            (config.handshake_timeout, "no HTTP/2 preface and SETTINGS")
+        } else if !self.core.write.is_empty() {
+            (
+                config.write_stall_timeout,
+                "the client read none of its answers",
+            )
+        } else {
+            return Poll::Pending;
+        };
+        // The timer is re-armed only when it fires early (progress moves the due time
+        // later, never earlier): resetting it on every poll would cost a timer-wheel
+        // update per turn.
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            let due = self.last_progress + limit;
+            if due <= Instant::now() {
+                return Poll::Ready(Err(ServeError::TimedOut(what)));
+            }
+            self.timer.as_mut().reset(due);
         }
     }
 
+    /// After the last answer: closes the sending side, then reads (and drops) what the
+    /// client still sends, for a short while, so that the close is not a reset.
+    async fn linger(&mut self) {
+        let close = async {
+            let _ = self.core.io.shutdown().await;
+            let mut sink = [0u8; 4096];
+            while matches!(self.core.io.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(LINGER, close).await;
+    }
+
     fn may_read(&self) -> bool {
-        !self.eof && self.failed.is_none() && self.write.len() < self.config.write_buffer_bytes_max
+        !self.eof
+            && self.failed.is_none()
+            && self.core.write.len() < self.shared.config.write_buffer_bytes_max
     }
 
     /// Ends the connection with a GOAWAY carrying `error`, once it is written.
     fn fail(&mut self, error: ConnectionError) {
         frame::encode_goaway(
-            &mut self.write,
+            &mut self.core.write,
             self.last_stream,
             error.reason,
             error.message.as_bytes(),
@@ -548,10 +748,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     /// Stops taking new streams (GOAWAY); the connection ends when its calls have.
     fn go_away(&mut self, reason: Reason, message: &str) {
-        if !self.going_away {
-            self.going_away = true;
+        self.going_away = true;
+        if !self.goaway_sent {
+            self.goaway_sent = true;
             frame::encode_goaway(
-                &mut self.write,
+                &mut self.core.write,
                 self.last_stream,
                 reason,
                 message.as_bytes(),
@@ -561,8 +762,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     fn read_frames(&mut self) -> Result<(), ConnectionError> {
         if !self.preface_read {
-            let seen = self.read.len().min(PREFACE.len());
-            if self.read[..seen] != PREFACE[..seen] {
+            let read = &self.core.read;
+            let seen = read.len().min(PREFACE.len());
+            if read[..seen] != PREFACE[..seen] {
                 return Err(ConnectionError::new(
                     Reason::PROTOCOL_ERROR,
                     "not an HTTP/2 connection preface (this port speaks gRPC)",
@@ -571,196 +773,168 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             if seen < PREFACE.len() {
                 return Ok(());
             }
-            self.read.advance(PREFACE.len());
+            self.core.read.advance(PREFACE.len());
             self.preface_read = true;
         }
-        while self.read.len() >= HEAD_BYTES && self.failed.is_none() {
-            let mut raw = [0u8; HEAD_BYTES];
-            raw.copy_from_slice(&self.read[..HEAD_BYTES]);
-            let head = Head::parse(&raw);
-            if head.length > DEFAULT_MAX_FRAME_BYTES {
-                return Err(ConnectionError::new(
-                    Reason::FRAME_SIZE_ERROR,
-                    format!("a frame of {} bytes", head.length),
-                ));
+        if !self.settings_read && self.core.read.len() >= HEAD_BYTES {
+            // §3.4: the client's preface goes on with SETTINGS.
+            let (kind, frame_flags) = (self.core.read[3], self.core.read[4]);
+            if kind != 4 || frame_flags & flags::ACK != 0 {
+                return Err(protocol("the client's first frame is not SETTINGS"));
             }
-            let total = HEAD_BYTES + head.length as usize;
-            if self.read.len() < total {
-                self.read.reserve(total - self.read.len());
-                break;
-            }
-            self.read.advance(HEAD_BYTES);
-            let payload = self.read.split_to(head.length as usize).freeze();
-            self.on_frame(head, payload)?;
+            self.settings_read = true;
         }
-        if self.unacknowledged >= self.config.connection_window_bytes / 2 {
-            frame::encode_window_update(&mut self.write, 0, self.unacknowledged);
-            self.unacknowledged = 0;
+        while self.failed.is_none() {
+            let Some(event) = self.core.next_event()? else {
+                break;
+            };
+            self.on_event(event)?;
         }
         Ok(())
     }
 
-    fn on_frame(&mut self, head: Head, payload: Bytes) -> Result<(), ConnectionError> {
-        if !self.settings_read {
-            if head.kind != Kind::Settings || head.has(flags::ACK) {
-                return Err(ConnectionError::new(
-                    Reason::PROTOCOL_ERROR,
-                    "the client's first frame is not SETTINGS",
-                ));
-            }
-            self.settings_read = true;
-        }
-        if self.continuation.is_some() && head.kind != Kind::Continuation {
-            return Err(ConnectionError::new(
-                Reason::PROTOCOL_ERROR,
-                "a header block was interrupted by another frame",
-            ));
-        }
-        match head.kind {
-            Kind::Data => self.on_data(head, payload),
-            Kind::Headers => self.on_headers(head, payload),
-            Kind::Continuation => self.on_continuation(head, payload),
-            Kind::Priority => {
-                if head.stream == 0 {
-                    return Err(protocol("PRIORITY on stream 0"));
+    fn on_event(&mut self, event: Event) -> Result<(), ConnectionError> {
+        match event {
+            Event::Data {
+                stream,
+                payload,
+                flow,
+                end_stream,
+            } => self.on_data(stream, payload, flow, end_stream),
+            Event::Headers {
+                stream,
+                end_stream,
+                block,
+            } => self.on_header_block(stream, end_stream, &block),
+            Event::Reset { stream, .. } => {
+                if stream > self.last_stream {
+                    return Err(protocol("RST_STREAM on an idle stream"));
                 }
-                if payload.len() != 5 {
-                    frame::encode_rst_stream(
-                        &mut self.write,
-                        head.stream,
-                        Reason::FRAME_SIZE_ERROR,
-                    );
+                if let Some(state) = self.streams.remove(&stream)
+                    && let Some(abort) = state.abort
+                {
+                    abort.abort();
+                    self.count_reset()?;
                 }
                 Ok(())
             }
-            Kind::RstStream => self.on_rst_stream(head, &payload),
-            Kind::Settings => self.on_settings(head, &payload),
-            Kind::PushPromise => Err(protocol("a client sent PUSH_PROMISE")),
-            Kind::Ping => {
-                if head.stream != 0 {
-                    return Err(protocol("PING on a stream"));
+            Event::Settings(settings) => {
+                if let Some(window) = settings.initial_window_size {
+                    shift_windows(
+                        self.core.peer_initial_window,
+                        window,
+                        self.streams.values_mut().map(|s| &mut s.send_window),
+                    )?;
+                    self.core.peer_initial_window = window;
                 }
-                let payload: [u8; 8] = payload[..].try_into().map_err(|_| {
-                    ConnectionError::new(Reason::FRAME_SIZE_ERROR, "PING is not 8 bytes")
-                })?;
-                if !head.has(flags::ACK) {
-                    frame::encode_ping(&mut self.write, payload, true);
-                }
+                self.send_blocked();
                 Ok(())
             }
-            Kind::GoAway => {
-                if head.stream != 0 || payload.len() < 8 {
-                    return Err(protocol("malformed GOAWAY"));
-                }
+            Event::GoAway { .. } => {
                 // The client opens no more streams; the ones it has are served.
                 self.going_away = true;
                 Ok(())
             }
-            Kind::WindowUpdate => self.on_window_update(head, &payload),
-            Kind::Unknown(_) => Ok(()),
+            Event::WindowUpdate { stream, increment } => {
+                if stream > self.last_stream {
+                    return Err(protocol("WINDOW_UPDATE on an idle stream"));
+                }
+                let Some(state) = self.streams.get_mut(&stream) else {
+                    return Ok(());
+                };
+                state.send_window += i64::from(increment);
+                if increment == 0 {
+                    self.reset(stream, Reason::PROTOCOL_ERROR);
+                } else if state.send_window > i64::from(MAX_WINDOW_BYTES) {
+                    self.reset(stream, Reason::FLOW_CONTROL_ERROR);
+                } else {
+                    self.send_blocked();
+                }
+                Ok(())
+            }
+            Event::StreamError { stream, reason } => {
+                self.reset(stream, reason);
+                Ok(())
+            }
+            Event::Alive => {
+                // A connection WINDOW_UPDATE may have opened room.
+                self.send_blocked();
+                Ok(())
+            }
         }
     }
 
-    fn on_data(&mut self, head: Head, mut payload: Bytes) -> Result<(), ConnectionError> {
-        if head.stream == 0 {
-            return Err(protocol("DATA on stream 0"));
+    /// Counts a client reset of a running call; too many is a connection error.
+    fn count_reset(&mut self) -> Result<(), ConnectionError> {
+        if self.resets_since.elapsed() > RESETS_WINDOW {
+            self.resets = 0;
+            self.resets_since = Instant::now();
         }
-        // Flow control counts the whole payload, padding included (§6.9).
-        self.unacknowledged += head.length;
-        if head.has(flags::PADDED) {
-            frame::strip_padding(&mut payload)?;
+        self.resets += 1;
+        if self.resets > self.shared.config.resets_max {
+            return Err(ConnectionError::new(
+                Reason::ENHANCE_YOUR_CALM,
+                "too many calls reset by the client",
+            ));
         }
-        if head.stream > self.last_stream {
+        Ok(())
+    }
+
+    fn on_data(
+        &mut self,
+        id: u32,
+        payload: Bytes,
+        flow: u32,
+        end_stream: bool,
+    ) -> Result<(), ConnectionError> {
+        if id > self.last_stream {
             return Err(protocol("DATA on a stream that was never opened"));
         }
-        let end_stream = head.has(flags::END_STREAM);
-        let Some(stream) = self.streams.get_mut(&head.stream) else {
+        let max_message_bytes = self.router.max_message_bytes;
+        let Some(stream) = self.streams.get_mut(&id) else {
             // A stream we already answered (or reset): ignore what is still in flight.
             return Ok(());
         };
         let Some(receiving) = stream.receiving.as_mut() else {
             if stream.client_done {
-                self.reset(head.stream, Reason::STREAM_CLOSED);
+                self.reset(id, Reason::STREAM_CLOSED);
             }
             return Ok(());
         };
-        receiving.body.push(payload);
-        receiving.unacknowledged += head.length;
-        if let Some(length) = grpc::declared_length(receiving.body.prefix())
-            && length > self.router.max_message_bytes
-        {
-            let status = Status::resource_exhausted(format!(
-                "the request message is {length} bytes; the limit is {}",
-                self.router.max_message_bytes
-            ));
-            stream.client_done = end_stream;
-            stream.receiving = None;
-            self.close_with(head.stream, &status);
+        if !receiving.window.receive(flow) {
+            self.reset(id, Reason::FLOW_CONTROL_ERROR);
             return Ok(());
         }
-        if receiving.body.len() > PREFIX_BYTES + self.router.max_message_bytes {
-            let status = Status::internal("a unary call carries more than one request message");
+        let refusal = if !receiving.claim.grow(payload.len()) {
+            Some(Status::resource_exhausted(
+                "the server holds too many incomplete requests; retry later",
+            ))
+        } else {
+            receiving.body.push(payload);
+            match grpc::declared_length(receiving.body.prefix()) {
+                Some(length) if length > max_message_bytes => {
+                    Some(Status::resource_exhausted(format!(
+                        "the request message is {length} bytes; the limit is {max_message_bytes}"
+                    )))
+                }
+                _ if receiving.body.len() > PREFIX_BYTES + max_message_bytes => Some(
+                    Status::internal("a unary call carries more than one request message"),
+                ),
+                _ => None,
+            }
+        };
+        if let Some(status) = refusal {
             stream.client_done = end_stream;
             stream.receiving = None;
-            self.close_with(head.stream, &status);
+            self.close_with(id, &status);
             return Ok(());
         }
         if end_stream {
             stream.client_done = true;
-            self.start_call(head.stream);
-        } else if receiving.unacknowledged >= self.config.stream_window_bytes / 2 {
-            frame::encode_window_update(&mut self.write, head.stream, receiving.unacknowledged);
-            receiving.unacknowledged = 0;
+            self.start_call(id);
+        } else {
+            receiving.window.release(&mut self.core.write, id, flow);
         }
-        Ok(())
-    }
-
-    fn on_headers(&mut self, head: Head, mut payload: Bytes) -> Result<(), ConnectionError> {
-        if head.stream == 0 {
-            return Err(protocol("HEADERS on stream 0"));
-        }
-        if head.has(flags::PADDED) {
-            frame::strip_padding(&mut payload)?;
-        }
-        if head.has(flags::PRIORITY) {
-            if payload.len() < 5 {
-                return Err(ConnectionError::new(
-                    Reason::FRAME_SIZE_ERROR,
-                    "HEADERS too short for its priority",
-                ));
-            }
-            payload.advance(5);
-        }
-        let end_stream = head.has(flags::END_STREAM);
-        if head.has(flags::END_HEADERS) {
-            return self.on_header_block(head.stream, end_stream, &payload);
-        }
-        let mut block = BytesMut::with_capacity(payload.len() * 2);
-        block.extend_from_slice(&payload);
-        self.continuation = Some((head.stream, end_stream, block));
-        Ok(())
-    }
-
-    fn on_continuation(&mut self, head: Head, payload: Bytes) -> Result<(), ConnectionError> {
-        let Some((stream, end_stream, mut block)) = self.continuation.take() else {
-            return Err(protocol("CONTINUATION without HEADERS"));
-        };
-        if head.stream != stream {
-            return Err(protocol("CONTINUATION on another stream"));
-        }
-        // Bounded: the block must be kept whole to decode it (the dynamic table depends
-        // on every block), so a client may not make it grow without end.
-        if block.len() + payload.len() > 4 * self.config.max_header_list_bytes + 4096 {
-            return Err(ConnectionError::new(
-                Reason::ENHANCE_YOUR_CALM,
-                "a header block far over SETTINGS_MAX_HEADER_LIST_SIZE",
-            ));
-        }
-        block.extend_from_slice(&payload);
-        if head.has(flags::END_HEADERS) {
-            return self.on_header_block(stream, end_stream, &block);
-        }
-        self.continuation = Some((stream, end_stream, block));
         Ok(())
     }
 
@@ -770,8 +944,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         end_stream: bool,
         block: &[u8],
     ) -> Result<(), ConnectionError> {
-        let mut request = RequestHead::new(&self.router, self.config.max_header_list_bytes);
-        self.decoder
+        let mut request = RequestHead::new(&self.router, self.shared.config.max_header_list_bytes);
+        self.core
+            .decoder
             .decode(block, |name, value| request.field(name, value))?;
         if id <= self.last_stream {
             // On an open stream this can only be trailers, which end the request.
@@ -792,22 +967,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             return Err(protocol("a client opened an even-numbered stream"));
         }
         self.last_stream = id;
-        if self.going_away {
-            frame::encode_rst_stream(&mut self.write, id, Reason::REFUSED_STREAM);
-            return Ok(());
-        }
-        if self.streams.len() >= self.config.max_concurrent_streams as usize {
-            frame::encode_rst_stream(&mut self.write, id, Reason::REFUSED_STREAM);
+        if self.going_away
+            || self.streams.len() >= self.shared.config.max_concurrent_streams as usize
+        {
+            frame::encode_rst_stream(&mut self.core.write, id, Reason::REFUSED_STREAM);
             return Ok(());
         }
         let mut stream = StreamState {
             receiving: None,
             client_done: end_stream,
-            send_window: i64::from(self.peer_initial_window),
+            send_window: i64::from(self.core.peer_initial_window),
             headers_sent: false,
-            blocked: std::collections::VecDeque::new(),
+            blocked: VecDeque::new(),
+            listed_blocked: false,
             closing: None,
             abort: None,
+            gate: None,
         };
         let refusal = match request.check() {
             Ok(handler) => {
@@ -816,7 +991,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     metadata: MetadataMap::from_headers(request.metadata),
                     timeout: request.timeout,
                     body: Body::Empty,
-                    unacknowledged: 0,
+                    window: self.core.stream_recv_window(),
+                    claim: Claim {
+                        shared: self.shared.clone(),
+                        bytes: 0,
+                    },
                 });
                 None
             }
@@ -829,96 +1008,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             Some(Refusal::Http(block)) => self.close_block(id, block),
             Some(Refusal::Grpc(status)) => self.close_with(id, &status),
         }
-        Ok(())
-    }
-
-    fn on_rst_stream(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnectionError> {
-        if payload.len() != 4 {
-            return Err(ConnectionError::new(
-                Reason::FRAME_SIZE_ERROR,
-                "RST_STREAM is not 4 bytes",
-            ));
-        }
-        if head.stream == 0 || head.stream > self.last_stream {
-            return Err(protocol("RST_STREAM on an idle stream"));
-        }
-        if let Some(stream) = self.streams.remove(&head.stream)
-            && let Some(abort) = stream.abort
-        {
-            abort.abort();
-        }
-        Ok(())
-    }
-
-    fn on_settings(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnectionError> {
-        if head.stream != 0 {
-            return Err(protocol("SETTINGS on a stream"));
-        }
-        if head.has(flags::ACK) {
-            if !payload.is_empty() {
-                return Err(ConnectionError::new(
-                    Reason::FRAME_SIZE_ERROR,
-                    "a SETTINGS acknowledgement with a payload",
-                ));
-            }
-            return Ok(());
-        }
-        let settings = Settings::parse(payload)?;
-        if let Some(size) = settings.max_frame_size {
-            self.peer_max_frame = size;
-        }
-        if let Some(window) = settings.initial_window_size {
-            let delta = i64::from(window) - i64::from(self.peer_initial_window);
-            self.peer_initial_window = window;
-            for stream in self.streams.values_mut() {
-                stream.send_window += delta;
-                if stream.send_window > i64::from(MAX_WINDOW_BYTES) {
-                    return Err(ConnectionError::new(
-                        Reason::FLOW_CONTROL_ERROR,
-                        "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream's window",
-                    ));
-                }
-            }
-        }
-        frame::encode_settings_ack(&mut self.write);
-        self.send_blocked();
-        Ok(())
-    }
-
-    fn on_window_update(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnectionError> {
-        let raw: [u8; 4] = payload.try_into().map_err(|_| {
-            ConnectionError::new(Reason::FRAME_SIZE_ERROR, "WINDOW_UPDATE is not 4 bytes")
-        })?;
-        let increment = i64::from(u32::from_be_bytes(raw) & MAX_WINDOW_BYTES);
-        if head.stream == 0 {
-            if increment == 0 {
-                return Err(protocol("a WINDOW_UPDATE of 0 on the connection"));
-            }
-            self.send_window += increment;
-            if self.send_window > i64::from(MAX_WINDOW_BYTES) {
-                return Err(ConnectionError::new(
-                    Reason::FLOW_CONTROL_ERROR,
-                    "the connection window overflowed",
-                ));
-            }
-        } else {
-            if head.stream > self.last_stream {
-                return Err(protocol("WINDOW_UPDATE on an idle stream"));
-            }
-            let Some(stream) = self.streams.get_mut(&head.stream) else {
-                return Ok(());
-            };
-            stream.send_window += increment;
-            if increment == 0 {
-                self.reset(head.stream, Reason::PROTOCOL_ERROR);
-                return Ok(());
-            }
-            if stream.send_window > i64::from(MAX_WINDOW_BYTES) {
-                self.reset(head.stream, Reason::FLOW_CONTROL_ERROR);
-                return Ok(());
-            }
-        }
-        self.send_blocked();
         Ok(())
     }
 
@@ -937,15 +1026,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 return;
             }
         };
-        let responses = (self.router.handlers[receiving.handler])(receiving.metadata, message);
+        let (handler, streaming) = &self.router.handlers[receiving.handler];
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler(receiving.metadata, message)
+        }));
+        let Ok(responses) = started else {
+            tracing::error!(stream = id, "a gRPC handler panicked");
+            let status = Status::unknown("the server failed while starting the call");
+            self.close_with(id, &status);
+            return;
+        };
         let (abort, registration) = AbortHandle::new_pair();
         stream.abort = Some(abort);
+        let gate = streaming.then(|| Arc::new(Gate::default()));
+        stream.gate = gate.clone();
         self.calls.push(Tagged {
             id,
             responses: Abortable::new(responses, registration),
             deadline: receiving
                 .timeout
                 .map(|timeout| Box::pin(tokio::time::sleep(timeout))),
+            gate,
             ended: false,
         });
     }
@@ -961,13 +1062,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             Some(Ok(answer)) => {
                 if !stream.headers_sent {
                     stream.headers_sent = true;
-                    frame::encode_headers(
-                        &mut self.write,
-                        id,
-                        &self.response_headers,
-                        false,
-                        self.peer_max_frame,
-                    );
+                    let headers = self.response_headers.clone();
+                    self.core.send_headers(id, &headers, false);
                 }
                 if let Answer::Message(message) = answer {
                     self.send_data(id, message);
@@ -1006,7 +1102,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             stream.closing = Some(block);
             return;
         }
-        frame::encode_headers(&mut self.write, id, &block, true, self.peer_max_frame);
+        self.core.send_headers(id, &block, true);
         self.finish(id);
     }
 
@@ -1018,14 +1114,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 abort.abort();
             }
             if !stream.client_done {
-                frame::encode_rst_stream(&mut self.write, id, Reason::NO_ERROR);
+                frame::encode_rst_stream(&mut self.core.write, id, Reason::NO_ERROR);
             }
         }
     }
 
     /// Ends stream `id` with RST_STREAM.
     fn reset(&mut self, id: u32, reason: Reason) {
-        frame::encode_rst_stream(&mut self.write, id, reason);
+        frame::encode_rst_stream(&mut self.core.write, id, reason);
         if let Some(stream) = self.streams.remove(&id)
             && let Some(abort) = stream.abort
         {
@@ -1033,20 +1129,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
     }
 
-    /// Sends `data` on stream `id` as far as the windows allow; the rest waits.
+    /// Sends `data` on stream `id` as far as the windows allow; the rest waits (and a
+    /// streaming call waits with it).
     fn send_data(&mut self, id: u32, data: Bytes) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
         if stream.blocked.is_empty() {
-            let rest = send_within_windows(
-                &mut self.write,
-                id,
-                data,
-                &mut self.send_window,
-                &mut stream.send_window,
-                self.peer_max_frame,
-            );
+            let rest = self
+                .core
+                .send_data(id, &mut stream.send_window, data, false);
             if rest.is_empty() {
                 return;
             }
@@ -1054,73 +1146,46 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         } else {
             stream.blocked.push_back(data);
         }
-        if !self.blocked.contains(&id) {
+        if let Some(gate) = &stream.gate {
+            gate.close();
+        }
+        if !stream.listed_blocked {
+            stream.listed_blocked = true;
             self.blocked.push_back(id);
         }
     }
 
     /// Sends what waited for window, stream by stream, oldest first.
     fn send_blocked(&mut self) {
-        let mut still = std::collections::VecDeque::new();
+        let mut still = VecDeque::new();
         while let Some(id) = self.blocked.pop_front() {
             let Some(stream) = self.streams.get_mut(&id) else {
                 continue;
             };
             while let Some(data) = stream.blocked.pop_front() {
-                let rest = send_within_windows(
-                    &mut self.write,
-                    id,
-                    data,
-                    &mut self.send_window,
-                    &mut stream.send_window,
-                    self.peer_max_frame,
-                );
+                let rest = self
+                    .core
+                    .send_data(id, &mut stream.send_window, data, false);
                 if !rest.is_empty() {
                     stream.blocked.push_front(rest);
                     break;
                 }
             }
-            if stream.blocked.is_empty() {
-                if let Some(block) = stream.closing.take() {
-                    frame::encode_headers(&mut self.write, id, &block, true, self.peer_max_frame);
-                    self.finish(id);
-                }
-            } else {
+            if !stream.blocked.is_empty() {
                 still.push_back(id);
+                continue;
+            }
+            stream.listed_blocked = false;
+            if let Some(gate) = &stream.gate {
+                gate.open();
+            }
+            if let Some(block) = stream.closing.take() {
+                self.core.send_headers(id, &block, true);
+                self.finish(id);
             }
         }
         self.blocked = still;
     }
-}
-
-/// Writes as much of `data` as both windows allow as DATA frames; returns the rest.
-fn send_within_windows(
-    out: &mut BytesMut,
-    id: u32,
-    mut data: Bytes,
-    connection_window: &mut i64,
-    stream_window: &mut i64,
-    max_frame: u32,
-) -> Bytes {
-    while !data.is_empty() {
-        let allowed = (*connection_window)
-            .min(*stream_window)
-            .min(i64::from(max_frame));
-        if allowed <= 0 {
-            break;
-        }
-        let length = data.len().min(allowed as usize);
-        frame::encode_data_head(out, id, length as u32, false);
-        out.extend_from_slice(&data[..length]);
-        data.advance(length);
-        *connection_window -= length as i64;
-        *stream_window -= length as i64;
-    }
-    data
-}
-
-fn protocol(message: &str) -> ConnectionError {
-    ConnectionError::new(Reason::PROTOCOL_ERROR, message)
 }
 
 /// Why a request is answered without calling its method.

@@ -14,7 +14,9 @@ fn channel(server: &TestServer) -> Channel {
 }
 
 async fn echo(channel: &Channel, text: &str) -> Result<String, tonic::Status> {
-    channel.unary("/test.Echo/Echo", &text.to_string()).await
+    tokio::time::timeout(WAIT, channel.unary("/test.Echo/Echo", &text.to_string()))
+        .await
+        .expect("an answer within the test's wait")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,12 +96,13 @@ async fn messages_larger_than_every_window_go_both_ways() {
         echo(&channel, &big).await.expect("big echo").len(),
         big.len()
     );
-    let answer: String = channel
-        .unary("/test.Echo/Big", &(3u64 << 20))
+    let answer: String = tokio::time::timeout(WAIT, channel.unary("/test.Echo/Big", &(3u64 << 20)))
         .await
+        .expect("in time")
         .expect("big answer");
     assert_eq!(answer.len(), 3 << 20);
-    // Over the client's own limit.
+    // Over the client's own limit: the call ran, its answer is unusable (UNKNOWN: it
+    // may have taken effect).
     let small = Channel::lazy(
         &server.address.to_string(),
         ChannelConfig {
@@ -107,11 +110,11 @@ async fn messages_larger_than_every_window_go_both_ways() {
             ..ChannelConfig::default()
         },
     );
-    let refused = small
-        .unary::<u64, String>("/test.Echo/Big", &5000)
+    let refused = tokio::time::timeout(WAIT, small.unary::<u64, String>("/test.Echo/Big", &5000))
         .await
+        .expect("in time")
         .expect_err("over the limit");
-    assert_eq!(refused.code(), Code::OutOfRange);
+    assert_eq!(refused.code(), Code::Unknown);
     assert_eq!(
         echo(&small, "still fine").await.expect("echo"),
         "still fine"
@@ -256,4 +259,60 @@ async fn a_restarted_server_is_reached_again_and_calls_in_flight_fail_as_unknown
     .await
     .expect("bounded");
     assert_eq!(again, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_is_given_up_within_the_ping_timeout() {
+    // A "server" that takes the connection and every byte, and says nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut sink = vec![0u8; 4096];
+        while matches!(tokio::io::AsyncReadExt::read(&mut socket, &mut sink).await, Ok(n) if n > 0)
+        {
+        }
+    });
+    let channel = Channel::lazy(
+        &address.to_string(),
+        ChannelConfig {
+            ping_after: Duration::from_millis(50),
+            ping_timeout: Duration::from_millis(200),
+            ..ChannelConfig::default()
+        },
+    );
+    let lost = tokio::time::timeout(WAIT, echo_unbounded(&channel))
+        .await
+        .expect("given up by the ping timeout, not by the test's wait")
+        .expect_err("no answer");
+    assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
+    assert!(
+        !lost.metadata().contains_key(NOT_SENT_KEY),
+        "the call was written: it may have had an effect"
+    );
+}
+
+async fn echo_unbounded(channel: &Channel) -> Result<String, tonic::Status> {
+    channel.unary("/test.Echo/Echo", &"x".to_string()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_its_call_only() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let channel = channel(&server);
+    let failed = tokio::time::timeout(WAIT, channel.unary::<(), ()>("/test.Echo/Panic", &()))
+        .await
+        .expect("in time")
+        .expect_err("it panicked");
+    assert_eq!(
+        failed.code(),
+        Code::Unknown,
+        "it may have had an effect: {failed:?}"
+    );
+    assert_eq!(
+        echo(&channel, "still served").await.expect("echo"),
+        "still served"
+    );
 }

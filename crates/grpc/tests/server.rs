@@ -548,3 +548,156 @@ async fn shutdown_sends_goaway_lets_calls_finish_and_refuses_new_streams() {
         .expect("serve returns")
         .expect("no panic");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_incomplete_are_bounded_by_the_servers_budget() {
+    let server = TestServer::start(ServerConfig {
+        buffered_request_bytes_max: 100_000,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut raw = Raw::connect(server.address, &[]).await;
+    let block = request_block("/test.Echo/Echo", &[]);
+    let message = body(&"z".repeat(60_000));
+    // Stream 1 sends all but the last byte of its message, and waits.
+    let mut out = BytesMut::new();
+    frame::encode_headers(&mut out, 1, &block, false, frame::DEFAULT_MAX_FRAME_BYTES);
+    for chunk in message[..message.len() - 1].chunks(16_000) {
+        push_frame(&mut out, Kind::Data, 0, 1, chunk);
+    }
+    // Stream 3 would take the held bytes past 100,000: refused, unprocessed.
+    frame::encode_headers(&mut out, 3, &block, false, frame::DEFAULT_MAX_FRAME_BYTES);
+    for chunk in message.chunks(16_000) {
+        push_frame(&mut out, Kind::Data, 0, 3, chunk);
+    }
+    raw.send(&out).await;
+    let (_, _, trailers) = answer(&mut raw, 3).await;
+    assert_eq!(field(&trailers, "grpc-status"), Some("8"), "{trailers:?}");
+    // Stream 1 completes; its bytes leave the budget, and a new request fits again.
+    let mut out = BytesMut::new();
+    push_frame(
+        &mut out,
+        Kind::Data,
+        flags::END_STREAM,
+        1,
+        &message[message.len() - 1..],
+    );
+    raw.send(&out).await;
+    let (_, data, _) = answer(&mut raw, 1).await;
+    assert_eq!(decode_message::<String>(&data).len(), 60_000);
+    // (The answers so far used the connection's default window: open it up.)
+    let mut out = BytesMut::new();
+    frame::encode_window_update(&mut out, 0, 1 << 20);
+    out.extend_from_slice(&request(5, &block, &message));
+    raw.send(&out).await;
+    let (_, data, trailers) = answer(&mut raw, 5).await;
+    assert_eq!(field(&trailers, "grpc-status"), Some("0"));
+    assert_eq!(decode_message::<String>(&data).len(), 60_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_reads_stops_producing() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    // A window of 2,000 bytes and never a WINDOW_UPDATE: room for one message.
+    let mut raw = Raw::connect(server.address, &[(setting::INITIAL_WINDOW_SIZE, 2000)]).await;
+    raw.send(&request(
+        1,
+        &request_block("/test.Echo/Firehose", &[]),
+        &body(&()),
+    ))
+    .await;
+    raw.frame_where(|f| f.head.kind == Kind::Data && f.head.stream == 1)
+        .await;
+    // Let the server run its loop many times (each echo is a turn of it), then count.
+    for i in 0..20u32 {
+        let id = 3 + 2 * i;
+        raw.send(&request(
+            id,
+            &request_block("/test.Echo/Echo", &[]),
+            &body(&"turn".to_string()),
+        ))
+        .await;
+        let _ = answer(&mut raw, id).await;
+    }
+    let produced = server
+        .hanging
+        .produced
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        produced <= 4,
+        "the firehose kept producing for a client that reads nothing: {produced}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_says_nothing_is_closed_after_the_handshake_timeout() {
+    let server = TestServer::start(ServerConfig {
+        handshake_timeout: std::time::Duration::from_millis(100),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut raw = Raw::connect_bare(server.address).await;
+    // The server's SETTINGS and window, then the end of the connection.
+    let mut frames = 0;
+    while raw.frame().await.is_some() {
+        frames += 1;
+        assert!(frames < 10, "the connection stays open");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_call_after_call_is_sent_away() {
+    let server = TestServer::start(ServerConfig {
+        resets_max: 5,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut raw = Raw::connect(server.address, &[]).await;
+    let hang = request_block("/test.Echo/Hang", &[]);
+    for i in 0..10u32 {
+        let id = 1 + 2 * i;
+        raw.send(&request(id, &hang, &body(&()))).await;
+        let target = i as usize + 1;
+        server
+            .hanging
+            .until("the call runs", |h| h.started() == target)
+            .await;
+        let mut out = BytesMut::new();
+        frame::encode_rst_stream(&mut out, id, Reason::CANCEL);
+        raw.send(&out).await;
+        if i >= 5 {
+            break;
+        }
+    }
+    assert_eq!(raw.goaway().await, Reason::ENHANCE_YOUR_CALM);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_priority_frame_ends_its_stream_and_its_call() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut raw = Raw::connect(server.address, &[]).await;
+    raw.send(&request(
+        1,
+        &request_block("/test.Echo/Hang", &[]),
+        &body(&()),
+    ))
+    .await;
+    server
+        .hanging
+        .until("the call runs", |h| h.running() == 1)
+        .await;
+    let mut out = BytesMut::new();
+    push_frame(&mut out, Kind::Priority, 0, 1, &[0, 0, 0, 0]);
+    raw.send(&out).await;
+    let reset = raw
+        .frame_where(|f| f.head.kind == Kind::RstStream && f.head.stream == 1)
+        .await;
+    assert_eq!(
+        &reset.payload[..],
+        &Reason::FRAME_SIZE_ERROR.0.to_be_bytes()
+    );
+    server
+        .hanging
+        .until("the call is dropped", |h| h.running() == 0)
+        .await;
+}

@@ -171,13 +171,14 @@ pub async fn run(flags: Flags) -> Result<(), String> {
             .with_source_address(source_address),
         flags.maxgrpc,
     );
-    rkv_grpc::serve(
-        listener,
-        std::sync::Arc::new(router),
-        rkv_grpc::ServerConfig::default(),
-        shutdown,
-    )
-    .await;
+    let config = rkv_grpc::ServerConfig {
+        // Room for two requests of the largest size -maxgrpc allows, arriving at once.
+        buffered_request_bytes_max: rkv_grpc::ServerConfig::default()
+            .buffered_request_bytes_max
+            .max(flags.maxgrpc.saturating_mul(2)),
+        ..rkv_grpc::ServerConfig::default()
+    };
+    rkv_grpc::serve(listener, std::sync::Arc::new(router), config, shutdown).await;
     // Let the node task finish (answer what is pending, close the log) before exiting.
     let observed = engine.watch();
     drop(engine);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use rkv_grpc::frame::{self, PREFACE};
-use rkv_grpc::{Router, ServerConfig, hpack, serve_connection};
+use rkv_grpc::{Router, ServerConfig, Shared, hpack, serve_connection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn router() -> Arc<Router> {
@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         let served = tokio::spawn(serve_connection(
             server,
             router(),
-            Arc::new(ServerConfig::default()),
+            Shared::new(ServerConfig::default()),
             stopping,
         ));
         let (mut reader, mut writer) = tokio::io::split(client);

@@ -25,6 +25,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Hanging {
     pub running: AtomicUsize,
     pub started: AtomicUsize,
+    /// Messages `Firehose` produced.
+    pub produced: AtomicUsize,
     changed: tokio::sync::Notify,
 }
 
@@ -73,9 +75,13 @@ impl Drop for RunningGuard {
 /// - `Count(u64)` (server streaming) -> that many `u64`s, 0, 1, 2, ...;
 /// - `Metadata(String) -> String`: the value of the request metadata named by the request;
 /// - `Forever(())` (server streaming) -> one `u64`, then nothing, never ending (counted in
-///   `hanging` while running).
+///   `hanging` while running);
+/// - `Firehose(())` (server streaming) -> 1 KiB strings without end, as fast as they are
+///   taken (counted in `hanging.produced`);
+/// - `Panic(())`: its handler panics.
 pub fn router(hanging: Arc<Hanging>) -> Router {
     let forever = hanging.clone();
+    let firehose = hanging.clone();
     Router::new(4 << 20)
         .unary("/test.Echo/Echo", |request: tonic::Request<String>| async move {
             Ok(Response::new(request.into_inner()))
@@ -122,6 +128,22 @@ pub fn router(hanging: Arc<Hanging>) -> Router {
                     });
                 Ok(Response::new(messages))
             }
+        })
+        .server_streaming("/test.Echo/Firehose", move |_request: tonic::Request<()>| {
+            let hanging = firehose.clone();
+            async move {
+                let messages = futures_util::stream::repeat_with(move || {
+                    hanging.produced.fetch_add(1, Ordering::SeqCst);
+                    Ok::<String, Status>("f".repeat(1024))
+                });
+                Ok(Response::new(messages))
+            }
+        })
+        .unary("/test.Echo/Panic", |_request: tonic::Request<()>| async move {
+            if std::hint::black_box(true) {
+                panic!("a handler that panics (on purpose, for a test)");
+            }
+            Ok(Response::new(()))
         })
         .unary(
             "/test.Echo/Metadata",
@@ -303,7 +325,8 @@ pub fn body(message: &impl prost::Message) -> Vec<u8> {
     out
 }
 
-/// HEADERS (END_HEADERS) then one DATA (END_STREAM) carrying `body`.
+/// HEADERS (END_HEADERS) then `body` in DATA frames of the largest default size, the
+/// last with END_STREAM.
 pub fn request(stream: u32, block: &[u8], body: &[u8]) -> BytesMut {
     let mut out = BytesMut::new();
     frame::encode_headers(
@@ -313,8 +336,21 @@ pub fn request(stream: u32, block: &[u8], body: &[u8]) -> BytesMut {
         false,
         frame::DEFAULT_MAX_FRAME_BYTES,
     );
-    frame::encode_data_head(&mut out, stream, body.len() as u32, true);
-    out.extend_from_slice(body);
+    let mut chunks = body
+        .chunks(frame::DEFAULT_MAX_FRAME_BYTES as usize)
+        .peekable();
+    if chunks.peek().is_none() {
+        frame::encode_data_head(&mut out, stream, 0, true);
+    }
+    while let Some(chunk) = chunks.next() {
+        frame::encode_data_head(
+            &mut out,
+            stream,
+            chunk.len() as u32,
+            chunks.peek().is_none(),
+        );
+        out.extend_from_slice(chunk);
+    }
     out
 }
 
