@@ -232,11 +232,12 @@ impl EtcdKv {
 }
 
 /// Whether another attempt may succeed: no leader yet, a leader change, an unreachable
-/// or overloaded member, or an attempt that timed out.
+/// or overloaded member, an attempt that timed out, or an answer lost on the way back
+/// (UNKNOWN from the transport: the write may have been applied).
 fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Unknown
     )
 }
 

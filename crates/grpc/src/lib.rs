@@ -21,9 +21,18 @@
 //!  socket ◀─ one write ◀─ HEADERS / DATA / trailers ◀── answers ready this turn
 //! ```
 //!
-//! Limits: SETTINGS_MAX_CONCURRENT_STREAMS, a bounded header list, the message size of
-//! `-maxgrpc`, a bounded write buffer (a client that does not read stops being read),
-//! flow control in both directions. Compression is refused (rkv never asks for it).
+//! Limits, so that no peer can make either end hold more than it chose: the server
+//! bounds calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS), connections, header
+//! blocks, messages (`-maxgrpc`), the request bytes all its connections hold for
+//! incomplete requests, and answers waiting for a client that does not read (it stops
+//! reading that client, and stops polling a streaming call until its answers leave);
+//! both ends enforce the receive windows they advertise, and the client's stream windows
+//! open only as the caller takes messages. Handshakes and stalled writes time out on the
+//! server; the client pings a silent server. Compression is refused (rkv never asks
+//! for it).
+//!
+//! `conn` is what client and server share (frames, header blocks, windows, settings);
+//! `server` and `client` are each side's streams and calls.
 
 pub mod client;
 mod conn;
