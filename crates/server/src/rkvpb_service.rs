@@ -55,29 +55,12 @@ impl RkvService {
         let engine = self.node.engine.clone();
         let change = async move {
             if !add {
-                return engine
-                    .change_membership(MembershipChange::Remove(target))
-                    .await
-                    .map(|_| ());
+                return change_when_possible(&engine, MembershipChange::Remove(target), false)
+                    .await;
             }
-            engine
-                .change_membership(MembershipChange::AddLearner(target))
-                .await?;
+            change_when_possible(&engine, MembershipChange::AddLearner(target), false).await?;
             // Promote once the learner has caught up; the core refuses until then.
-            loop {
-                match engine
-                    .change_membership(MembershipChange::Promote(target))
-                    .await
-                {
-                    Ok(_) => return Ok(()),
-                    Err(rkv_engine::EngineError::Invalid(_) | rkv_engine::EngineError::Busy(_)) => {
-                        let mut watch = engine.watch();
-                        let _ =
-                            tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            change_when_possible(&engine, MembershipChange::Promote(target), true).await
         };
         let status = match tokio::time::timeout(RECONF_TIMEOUT, change).await {
             Ok(Ok(())) => ReconfStatus::ReconfOk,
@@ -99,6 +82,29 @@ impl RkvService {
             status: status.into(),
             leader_hint: hint,
         }
+    }
+}
+
+/// Makes `change`, trying again while the leader is busy with another change or has not
+/// yet committed an entry of its term (a leader just elected), and, with
+/// `until_valid`, while the core refuses it (a learner still catching up). The caller
+/// bounds the whole wait.
+async fn change_when_possible(
+    engine: &rkv_engine::Engine<crate::machine::KvMachine>,
+    change: MembershipChange,
+    until_valid: bool,
+) -> Result<(), rkv_engine::EngineError> {
+    loop {
+        match engine.change_membership(change).await {
+            Ok(_) => return Ok(()),
+            Err(rkv_engine::EngineError::Busy(_)) => {}
+            Err(rkv_engine::EngineError::Invalid(_)) if until_valid => {}
+            Err(e) => return Err(e),
+        }
+        // Something must change before another try can succeed: wait for the node's
+        // state to move, or a moment.
+        let mut watch = engine.watch();
+        let _ = tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
     }
 }
 
