@@ -484,6 +484,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
             }
             let actions = self.raft.take_actions();
             self.perform(actions);
+            self.transport.flush();
             self.publish();
         }
         self.shutdown();
@@ -651,8 +652,13 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
                     self.write(Request::Append(entries));
                 }
                 Action::Send(message) => self.transport.send(message),
-                Action::Apply(entries) => self.apply(entries),
+                Action::Apply(entries) => {
+                    // What is ready goes out before the state machine's work.
+                    self.transport.flush();
+                    self.apply(entries);
+                }
                 Action::InstallSnapshot(snapshot) => {
+                    self.transport.flush();
                     if let Err(e) = self.state_machine.restore(&snapshot) {
                         tracing::error!(error = %e, "the leader's snapshot is corrupt; the node stops");
                         self.stopped = Some(format!("corrupt snapshot from the leader: {e}"));

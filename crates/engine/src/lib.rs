@@ -21,7 +21,8 @@
 //! flight the node task lets the other tasks run once before it flushes, so that one turn makes
 //! one log append and one message per peer for all the requests that arrived together;
 //! the writer thread group-commits whatever queued during the previous fsync; the peer
-//! transport puts whatever queued during the last write into one frame. Snapshots fall
+//! transport writes one turn's messages to a peer as one frame, straight from the node
+//! task. Snapshots fall
 //! at a different point of the log on each node, so that their pause never hits a
 //! quorum at once.
 

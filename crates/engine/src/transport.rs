@@ -1,6 +1,6 @@
 //! How messages reach peers. The engine only needs "send this, best effort": Raft
 //! tolerates loss, duplication and reordering, so a transport may drop when a peer is
-//! unreachable or its queue is full (and should count it).
+//! unreachable or its backlog is full (and should count it).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,8 +10,14 @@ use tokio::sync::mpsc;
 
 /// Delivers messages to peers, best effort, without blocking.
 pub trait Transport: Send + 'static {
-    /// Hands a message over for delivery to `message.to`.
+    /// Hands a message over for delivery to `message.to`. A transport may hold it until
+    /// the next [`Transport::flush`].
     fn send(&mut self, message: Message);
+
+    /// Sends what [`Transport::send`] has collected. The node calls it at the end of
+    /// every turn (and before applying entries), so that a transport can put a turn's
+    /// messages to a peer into one write.
+    fn flush(&mut self);
 }
 
 /// Where inbound messages for one node go: its engine's mailbox.
@@ -57,4 +63,7 @@ impl Transport for LocalNetwork {
             let _ = inbox.try_send(vec![message]);
         }
     }
+
+    /// Nothing to do: [`Transport::send`] delivers at once.
+    fn flush(&mut self) {}
 }
