@@ -72,22 +72,28 @@ impl ChunkedMap {
         if self.chunks.is_empty() {
             self.chunks.insert(Bytes::new(), Arc::new(Chunk::new()));
         }
-        let bound = self
-            .bound_for(&key)
-            .expect("the first chunk's bound is the least key")
-            .clone();
-        let chunk = Arc::make_mut(self.chunks.get_mut(&bound).expect("bound just found"));
+        let chunk_max = self.chunk_max;
+        // One search of the outer map (this is every put's path).
+        let (_, chunk) = self
+            .chunks
+            .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(&key[..])))
+            .next_back()
+            .expect("the first chunk's bound is the least key");
+        let chunk = Arc::make_mut(chunk);
         let previous = chunk.insert(key, value);
-        if previous.is_none() {
-            self.len += 1;
-        }
-        if chunk.len() > self.chunk_max {
+        let split = (chunk.len() > chunk_max).then(|| {
             let middle = chunk
                 .keys()
                 .nth(chunk.len() / 2)
                 .expect("an overfull chunk has a middle")
                 .clone();
             let upper = chunk.split_off(&middle);
+            (middle, upper)
+        });
+        if previous.is_none() {
+            self.len += 1;
+        }
+        if let Some((middle, upper)) = split {
             self.chunks.insert(middle, Arc::new(upper));
         }
         previous

@@ -190,6 +190,20 @@ impl FileLog {
         })
     }
 
+    /// [`FileLog::io`] on segment `sequence`, whose name is only formatted if the step
+    /// fails: the write and fdatasync of every append come through here.
+    fn io_segment<T>(
+        &mut self,
+        operation: &'static str,
+        sequence: u64,
+        step: impl FnOnce(&mut FileLog) -> std::io::Result<T>,
+    ) -> Result<T, LogError> {
+        step(self).map_err(|e| {
+            self.poisoned = true;
+            LogError::io(operation, self.vfs.display_name(&segment_name(sequence)), e)
+        })
+    }
+
     fn last_term(&self) -> Term {
         self.locations.back().map_or(self.snapshot.term, |l| l.term)
     }
@@ -206,8 +220,8 @@ impl FileLog {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let name = segment_name(active.sequence);
-        self.io("write", &name, |log| {
+        let sequence = active.sequence;
+        self.io_segment("write", sequence, |log| {
             let active = log.active.as_mut().expect("checked above");
             let end = active.written + log.buffer.len() as u64;
             if end > active.allocated && log.options.preallocate_bytes > 0 {
@@ -236,8 +250,8 @@ impl FileLog {
         let Some(active) = &self.active else {
             return Ok(());
         };
-        let name = segment_name(active.sequence);
-        self.io("fdatasync", &name, |log| {
+        let sequence = active.sequence;
+        self.io_segment("fdatasync", sequence, |log| {
             log.active
                 .as_mut()
                 .expect("checked above")
