@@ -32,8 +32,8 @@ pub struct FileLogOptions {
     pub cache_entries: usize,
     /// A segment is closed and a new one started once it would grow past this size.
     pub segment_bytes_max: u64,
-    /// How far ahead of its records the active segment is extended at least, each time
-    /// it is (it also doubles; FORMAT.md §2); 0 turns preallocation off.
+    /// How far ahead of its records the active segment is filled with zeros each time
+    /// its records reach the end of the file (FORMAT.md §2); 0 turns preallocation off.
     pub preallocate_bytes: u64,
     /// At open, cut the log at corruption instead of refusing to start (FORMAT.md §5).
     /// Drops data that may have been acknowledged: only on an operator's explicit request.
@@ -115,9 +115,12 @@ struct Active {
     buffer_entries_start: usize,
 }
 
-/// The default [`FileLogOptions::preallocate_bytes`]: one size change, and so one
-/// metadata write, per this many bytes of log.
-pub const PREALLOCATE_BYTES: u64 = 1 << 20;
+/// The default [`FileLogOptions::preallocate_bytes`]: one size and extent change, and
+/// so one metadata write, per this many bytes of log.
+pub const PREALLOCATE_BYTES: u64 = 128 << 10;
+
+/// What preallocation writes, a slice of it at a time.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// The log in segment files. See the crate docs and FORMAT.md.
 #[derive(Debug)]
@@ -224,17 +227,24 @@ impl FileLog {
         self.io_segment("write", sequence, |log| {
             let active = log.active.as_mut().expect("checked above");
             let end = active.written + log.buffer.len() as u64;
-            if end > active.allocated && log.options.preallocate_bytes > 0 {
-                // Preallocate (sparse zeros) ahead: the appends that follow change no
-                // file size, so their fdatasync has no metadata to write.
-                let limit = log.options.segment_bytes_max.max(end);
-                // At least the step, and doubling, so large writes resize rarely too.
-                let ahead = log.options.preallocate_bytes.max(end);
-                active.allocated = end.saturating_add(ahead).min(limit);
-                active.file.set_len(active.allocated)?;
-            }
             write_all_at(active.file.as_mut(), active.written, &log.buffer)?;
-            active.written += log.buffer.len() as u64;
+            if end > active.allocated && log.options.preallocate_bytes > 0 {
+                // Preallocate ahead by writing zeros: the appends that follow overwrite
+                // blocks the file already has, so their fdatasync updates neither its
+                // size nor its extents (sparse space from ftruncate would need both).
+                let limit = log.options.segment_bytes_max.max(end);
+                let target = end.saturating_add(log.options.preallocate_bytes).min(limit);
+                let mut at = end;
+                while at < target {
+                    let n = ZEROS
+                        .len()
+                        .min(usize::try_from(target - at).unwrap_or(usize::MAX));
+                    write_all_at(active.file.as_mut(), at, &ZEROS[..n])?;
+                    at += n as u64;
+                }
+                active.allocated = target;
+            }
+            active.written = end;
             active.buffer_entries_start = 0;
             log.buffer.clear();
             log.unsynced = true;
@@ -1097,5 +1107,30 @@ mod tests {
         };
         assert_eq!(parse_snapshot_name(&snapshot_name(&meta)), Some((7, 3)));
         assert_eq!(parse_snapshot_name("snap-1-2.snap"), None);
+    }
+
+    #[test]
+    fn preallocated_space_is_written_zeros_not_a_sparse_hole() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut log, _, _) =
+            FileLog::open_dir(dir.path(), FileLogOptions::default()).expect("open");
+        let entries: Vec<Entry> = (1..=100).map(|i| crate::conformance::entry(i, 1)).collect();
+        log.append(&entries).expect("append");
+        log.sync().expect("sync");
+        let path = dir.path().join(segment_name(0));
+        let meta = std::fs::metadata(&path).expect("the active segment");
+        assert!(
+            meta.len() >= PREALLOCATE_BYTES,
+            "preallocated: {} bytes",
+            meta.len()
+        );
+        // 512-byte units, as st_blocks counts them: every byte of the file has a block.
+        assert!(
+            meta.blocks() * 512 >= meta.len(),
+            "{} bytes on disk for a {}-byte file: sparse",
+            meta.blocks() * 512,
+            meta.len()
+        );
     }
 }
