@@ -32,8 +32,12 @@ pub struct FileLogOptions {
     pub cache_entries: usize,
     /// A segment is closed and a new one started once it would grow past this size.
     pub segment_bytes_max: u64,
-    /// How far ahead of its records the active segment is filled with zeros each time
-    /// its records reach the end of the file (FORMAT.md §2); 0 turns preallocation off.
+    /// How many zeros are written after the records each time a write passes the end of
+    /// the active segment's file (FORMAT.md §2); 0 turns preallocation off. Written
+    /// zeros, not sparse space: with three logs syncing 3 KB records at once on one
+    /// ext4 disk, 2,000-2,300 syncs/s each into written zeros against 1,550 into space
+    /// from `ftruncate`. Steps of 1 MiB gained as much throughput as 128 KiB but raised
+    /// rkvd's p99 by a fifth: the sync after a step writes all of its zeros.
     pub preallocate_bytes: u64,
     /// At open, cut the log at corruption instead of refusing to start (FORMAT.md §5).
     /// Drops data that may have been acknowledged: only on an operator's explicit request.
@@ -109,7 +113,8 @@ struct Active {
     file: Box<dyn VfsFile>,
     /// Bytes already written to the file (the buffer continues from here).
     written: u64,
-    /// The file's length: `written` plus preallocated zeros (FORMAT.md §2).
+    /// The file's length once preallocated: `written` plus zeros (FORMAT.md §2); 0 while
+    /// nothing was preallocated.
     allocated: u64,
     /// Offset in the buffer where entries start (past a header still in the buffer).
     buffer_entries_start: usize,
@@ -119,8 +124,9 @@ struct Active {
 /// so one metadata write, per this many bytes of log.
 pub const PREALLOCATE_BYTES: u64 = 128 << 10;
 
-/// What preallocation writes, a slice of it at a time.
-static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+/// What preallocation writes: one default step (zero-initialised, so it takes no space
+/// in the binary).
+static ZEROS: [u8; PREALLOCATE_BYTES as usize] = [0; PREALLOCATE_BYTES as usize];
 
 /// The log in segment files. See the crate docs and FORMAT.md.
 #[derive(Debug)]
@@ -180,17 +186,14 @@ impl FileLog {
         }
     }
 
-    /// Runs a mutating I/O step; any failure poisons the log.
+    /// Runs a mutating I/O step on file `name`; any failure poisons the log.
     fn io<T>(
         &mut self,
         operation: &'static str,
         name: &str,
         step: impl FnOnce(&mut FileLog) -> std::io::Result<T>,
     ) -> Result<T, LogError> {
-        step(self).map_err(|e| {
-            self.poisoned = true;
-            LogError::io(operation, self.vfs.display_name(name), e)
-        })
+        self.io_named(operation, || name.to_string(), step)
     }
 
     /// [`FileLog::io`] on segment `sequence`, whose name is only formatted if the step
@@ -201,9 +204,18 @@ impl FileLog {
         sequence: u64,
         step: impl FnOnce(&mut FileLog) -> std::io::Result<T>,
     ) -> Result<T, LogError> {
+        self.io_named(operation, || segment_name(sequence), step)
+    }
+
+    fn io_named<T>(
+        &mut self,
+        operation: &'static str,
+        name: impl FnOnce() -> String,
+        step: impl FnOnce(&mut FileLog) -> std::io::Result<T>,
+    ) -> Result<T, LogError> {
         step(self).map_err(|e| {
             self.poisoned = true;
-            LogError::io(operation, self.vfs.display_name(&segment_name(sequence)), e)
+            LogError::io(operation, self.vfs.display_name(&name()), e)
         })
     }
 
@@ -1111,8 +1123,20 @@ mod tests {
 
     #[test]
     fn preallocated_space_is_written_zeros_not_a_sparse_hole() {
+        use std::io::Write;
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().expect("temp dir");
+        // Some file systems (ZFS with compression, network mounts) store written zeros
+        // as holes or report no blocks: there, this cannot be seen, and is not checked.
+        let control = dir.path().join("control");
+        let mut file = std::fs::File::create(&control).expect("control file");
+        file.write_all(&ZEROS).expect("write zeros");
+        file.sync_all().expect("sync");
+        let control = std::fs::metadata(&control).expect("control metadata");
+        if control.blocks() * 512 < control.len() {
+            eprintln!("skipped: this file system does not report written zeros as blocks");
+            return;
+        }
         let (mut log, _, _) =
             FileLog::open_dir(dir.path(), FileLogOptions::default()).expect("open");
         let entries: Vec<Entry> = (1..=100).map(|i| crate::conformance::entry(i, 1)).collect();
