@@ -290,19 +290,17 @@ impl TcpTransport {
     }
 
     fn link_for(&mut self, peer: NodeId) -> &mut Link {
-        let (local, cluster_id) = (self.local, self.cluster_id);
-        let (addresses, stats, source) = (self.addresses.clone(), self.stats.clone(), self.source);
         self.links.entry(peer).or_insert_with(|| {
             let (wake, woken) = mpsc::channel(1);
             let outbound = Arc::new(Mutex::new(Outbound::default()));
             tokio::spawn(dial_loop(
                 LinkTask {
-                    local,
+                    local: self.local,
                     peer,
-                    cluster_id,
-                    source,
-                    addresses,
-                    stats,
+                    cluster_id: self.cluster_id,
+                    source: self.source,
+                    addresses: self.addresses.clone(),
+                    stats: self.stats.clone(),
                     outbound: outbound.clone(),
                 },
                 woken,
@@ -429,6 +427,14 @@ struct FrameReader {
 }
 
 impl FrameReader {
+    fn new(stream: tokio::net::tcp::OwnedReadHalf) -> FrameReader {
+        FrameReader {
+            stream,
+            buffer: BytesMut::new(),
+            codec: FrameCodec::default(),
+        }
+    }
+
     async fn next(&mut self) -> Result<Frame, TransportError> {
         loop {
             if let Some(frame) = self.codec.decode(&mut self.buffer)? {
@@ -481,11 +487,7 @@ async fn receive(
     inbox: PeerInbox,
 ) -> Result<(), TransportError> {
     let (read, mut write) = stream.into_split();
-    let mut reader = FrameReader {
-        stream: read,
-        buffer: BytesMut::new(),
-        codec: FrameCodec::default(),
-    };
+    let mut reader = FrameReader::new(read);
     // We do not know who is calling until its HELLO arrives, so ours names it afterwards:
     // read first, then answer.
     let frame = tokio::time::timeout(HELLO_TIMEOUT, reader.next())
@@ -609,11 +611,7 @@ async fn send_over(
     // waits out TCP's exponential retransmission back-off (seconds) after the heal.
     socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(UNACKED_MAX))?;
     let (read, mut write) = stream.into_split();
-    let mut reader = FrameReader {
-        stream: read,
-        buffer: BytesMut::new(),
-        codec: FrameCodec::default(),
-    };
+    let mut reader = FrameReader::new(read);
     handshake(
         &mut reader,
         &mut write,
@@ -731,11 +729,7 @@ mod tests {
             .expect("the transport dials")
             .expect("accept");
         let (read, mut write) = stream.into_split();
-        let mut reader = FrameReader {
-            stream: read,
-            buffer: BytesMut::new(),
-            codec: FrameCodec::default(),
-        };
+        let mut reader = FrameReader::new(read);
         let hello = tokio::time::timeout(WAIT, reader.next())
             .await
             .expect("a HELLO in time")
